@@ -1,0 +1,1 @@
+"""Pure tensor core: Lovász losses, embedding kernels, HLE loss, decoding, PQ statistics."""
