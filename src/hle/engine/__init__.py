@@ -1,0 +1,10 @@
+"""Training and inference engine: plain functions around the model, loss, decoder and evaluator.
+
+Sub-modules: :mod:`~hle.engine.checkpoint` (atomic checkpoints, RNG state),
+:mod:`~hle.engine.optim` (Adam groups, polynomial decay), :mod:`~hle.engine.sampling`
+(resumable data order), :mod:`~hle.engine.distributed` (torchrun / DDP),
+:mod:`~hle.engine.trainer` (the loop), :mod:`~hle.engine.inference` (prediction,
+evaluation, writing) and :mod:`~hle.engine.demo` (``hle demo``). Nothing is imported
+here eagerly so that ``import hle.engine.checkpoint`` stays light.
+"""
+from __future__ import annotations
