@@ -1,0 +1,471 @@
+"""Tests for hle.core.decode: the panoptic decoder of Sec. 3.5 / Supplementary C.
+
+Synthetic scenes are built with KNOWN clusters: class means are basis vectors of
+the sphere, every instance is its class mean plus an offset along a private
+direction, seeds peak at instance centres. The decoder must give back the scene
+that built them; each step is also checked against a brute-force reference
+written from the definition (max-pool NMS, sequential greedy merge, dense
+``instance_kernel``, softmax of ``semantic_logits``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hle.core.decode import (
+    DecoderParams,
+    assign_instances,
+    decode_batch,
+    decode_panoptic,
+    find_seeds,
+    merge_seeds,
+    semantic_assignment,
+    semantic_linear_form,
+)
+from hle.core.kernels import instance_kernel, pixel_coordinates, semantic_logits
+from hle.core.types import HLEOutputs
+
+# Classes: 0 sky, 1 road (stuff); 2 car, 3 person, 4 bike (things).
+NUM_CLASSES = 5
+IS_THING = torch.tensor([False, False, True, True, True])
+INSTANCE_SIGMA = 0.2
+SPATIAL_SIGMA = 1.0
+
+
+@dataclass
+class Scene:
+    """Network-like outputs and the ground truth they were built from."""
+
+    embedding: torch.Tensor  # [D, H, W]
+    sigma: torch.Tensor  # [1, H, W]
+    spatial_sigma: torch.Tensor  # [1, H, W]
+    seed: torch.Tensor  # [1, H, W]
+    class_means: torch.Tensor  # [C, D]
+    class_sigma: torch.Tensor  # [C]
+    semantic: torch.Tensor  # [H, W] ground-truth class
+    instance: torch.Tensor  # [H, W] ground-truth instance 1..L, 0 = none
+
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        return (
+            self.embedding, self.sigma, self.spatial_sigma, self.seed,
+            self.class_means, self.class_sigma, IS_THING,
+        )
+
+
+def make_scene(
+    boxes: list[tuple[int, int, int, int, int]],
+    height: int = 64,
+    width: int = 96,
+    *,
+    dim: int = 10,
+    noise: float = 0.01,
+    seed: int = 0,
+) -> Scene:
+    """Top half sky, bottom half road, one instance per box ``(y0, x0, y1, x1, class)``.
+
+    Instance ``i`` has embedding ``normalize(mu_class + 0.5 u_i)`` with ``u_i`` a unit
+    vector orthogonal to every class mean and to the other offsets (dims C..D-1,
+    sign alternating), so same-class instances are at cosine distance 0.2 and
+    Phi between them is ``exp(-0.2 / 0.08) < 0.1``. Later boxes paint over earlier ones.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.eye(dim)[:NUM_CLASSES]
+    semantic = torch.zeros(height, width, dtype=torch.long)
+    semantic[height // 2 :] = 1
+    instance = torch.zeros(height, width, dtype=torch.long)
+    embedding = means[semantic].permute(2, 0, 1).clone()
+    seed_map = torch.zeros(1, height, width)
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    free_dims = dim - NUM_CLASSES
+    for i, (y0, x0, y1, x1, cls) in enumerate(boxes):
+        offset = torch.zeros(dim)
+        offset[NUM_CLASSES + i % free_dims] = 0.5 if (i // free_dims) % 2 == 0 else -0.5
+        embedding[:, y0:y1, x0:x1] = F.normalize(means[cls] + offset, dim=0)[:, None, None]
+        semantic[y0:y1, x0:x1] = cls
+        instance[y0:y1, x0:x1] = i + 1
+    for i, (y0, x0, y1, x1, _) in enumerate(boxes):
+        cy, cx = (y0 + y1 - 1) / 2, (x0 + x1 - 1) / 2
+        bump = 0.9 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 10.0**2))
+        inside = instance == i + 1
+        seed_map[0][inside] = bump[inside]
+    embedding = F.normalize(embedding + noise * torch.randn(embedding.shape, generator=gen), dim=0)
+    return Scene(
+        embedding=embedding,
+        sigma=torch.full((1, height, width), INSTANCE_SIGMA),
+        spatial_sigma=torch.full((1, height, width), SPATIAL_SIGMA),
+        seed=seed_map,
+        class_means=means,
+        class_sigma=torch.full((NUM_CLASSES,), 0.5),
+        semantic=semantic,
+        instance=instance,
+    )
+
+
+# Two touching cars (shared border at x = 30), a person, a bike.
+BOXES = [(10, 10, 30, 30, 2), (10, 30, 30, 50, 2), (36, 60, 60, 90, 3), (4, 66, 22, 90, 4)]
+LOOSE = dict(min_thing_area=1, min_stuff_area=1)
+
+
+def gt_segments(scene: Scene) -> list[tuple[torch.Tensor, int, bool]]:
+    """Ground-truth segments as (mask, class, isthing): stuff by class, things by instance."""
+    segments = []
+    for cls in range(NUM_CLASSES):
+        if not IS_THING[cls]:
+            mask = (scene.semantic == cls) & (scene.instance == 0)
+            if mask.any():
+                segments.append((mask, cls, False))
+    for i in range(1, int(scene.instance.max()) + 1):
+        mask = scene.instance == i
+        if mask.any():
+            segments.append((mask, int(scene.semantic[mask][0]), True))
+    return segments
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum()) / float((a | b).sum())
+
+
+def check_segments_info(result, height: int, width: int) -> None:
+    """Ids 1..S, and area / bbox recomputed by brute force from the returned map."""
+    pan = result.panoptic
+    assert pan.shape == (height, width) and pan.dtype == torch.int64
+    ids = [s["id"] for s in result.segments_info]
+    assert ids == list(range(1, len(ids) + 1))
+    assert set(pan.unique().tolist()) <= set(ids) | {0}
+    for s in result.segments_info:
+        assert set(s) == {"id", "category_id", "isthing", "area", "bbox", "score"}
+        ys, xs = torch.nonzero(pan == s["id"], as_tuple=True)
+        assert s["area"] == ys.numel() > 0
+        x0, y0 = int(xs.min()), int(ys.min())
+        assert s["bbox"] == [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
+        assert s["isthing"] == bool(IS_THING[s["category_id"]])
+
+
+def match(result, segments, min_iou: float) -> None:
+    """Every ground-truth segment has one predicted segment of the same class/kind."""
+    assert len(result.segments_info) == len(segments)
+    for mask, cls, thing in segments:
+        best = max(result.segments_info, key=lambda s: iou(result.panoptic == s["id"], mask))
+        assert iou(result.panoptic == best["id"], mask) >= min_iou
+        assert (best["category_id"], best["isthing"]) == (cls, thing)
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def test_semantic_linear_form_matches_kernel_logits() -> None:
+    gen = torch.Generator().manual_seed(1)
+    means = torch.randn(7, 6, generator=gen, dtype=torch.float64) * 3  # not unit: normalised inside
+    sig = torch.rand(7, generator=gen, dtype=torch.float64) + 0.2
+    e = F.normalize(torch.randn(50, 6, generator=gen, dtype=torch.float64), dim=1)
+    weight, bias = semantic_linear_form(means, sig)
+    assert weight.shape == (6, 7) and bias.shape == (7,)
+    torch.testing.assert_close(e @ weight + bias, semantic_logits(e, means, sig).T)
+
+
+def test_semantic_assignment_matches_softmax_of_kernel() -> None:
+    gen = torch.Generator().manual_seed(2)
+    means = torch.randn(19, 12, generator=gen, dtype=torch.float64)
+    sig = torch.rand(19, generator=gen, dtype=torch.float64) + 0.3
+    emb = F.normalize(torch.randn(12, 9, 11, generator=gen, dtype=torch.float64), dim=0)
+    labels, psi = semantic_assignment(emb, means, sig, chunk=17)  # chunks not dividing N
+    ref = torch.softmax(semantic_logits(emb.reshape(12, -1).T, means, sig), dim=0)  # [C, N]
+    assert labels.shape == (9, 11) and psi.shape == (9, 11)
+    assert torch.equal(labels.reshape(-1), ref.argmax(dim=0))
+    torch.testing.assert_close(psi.reshape(-1), ref.max(dim=0).values)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def test_find_seeds_equals_maxpool_nms() -> None:
+    gen = torch.Generator().manual_seed(3)
+    seed = torch.rand(23, 31, generator=gen)  # continuous: no ties
+    allowed = torch.rand(23, 31, generator=gen) > 0.3
+    for kernel in (1, 3, 5):
+        index, score = find_seeds(seed, allowed, threshold=0.4, kernel=kernel, max_seeds=10_000)
+        masked = seed * allowed
+        pooled = F.max_pool2d(masked[None, None], kernel, 1, kernel // 2)[0, 0]
+        ref = torch.nonzero(((pooled == masked) & (masked > 0.4)).reshape(-1)).squeeze(1)
+        assert set(index.tolist()) == set(ref.tolist())
+        assert torch.all(score[:-1] >= score[1:])
+        torch.testing.assert_close(score, seed.reshape(-1)[index])
+    index, _ = find_seeds(seed, allowed, threshold=0.4, kernel=3, max_seeds=4)
+    assert index.numel() == 4
+
+
+def test_find_seeds_plateau_gives_one_seed() -> None:
+    seed = torch.zeros(8, 8)
+    seed[2:5, 3:6] = 0.9
+    index, _ = find_seeds(seed, torch.ones(8, 8, dtype=torch.bool), threshold=0.5)
+    assert index.tolist() == [2 * 8 + 3]
+
+
+def test_merge_seeds_equals_sequential_greedy() -> None:
+    gen = torch.Generator().manual_seed(4)
+    k = 40
+    # Few directions and nearby positions so that many pairs merge, in chains.
+    base = F.normalize(torch.randn(5, 6, generator=gen, dtype=torch.float64), dim=1)
+    emb = F.normalize(base[torch.randint(0, 5, (k,), generator=gen)] + 0.3 * torch.randn(k, 6, generator=gen, dtype=torch.float64), dim=1)
+    xy = torch.rand(k, 2, generator=gen, dtype=torch.float64)
+    sig = torch.rand(k, generator=gen, dtype=torch.float64) * 0.3 + 0.2
+    ssig = torch.rand(k, generator=gen, dtype=torch.float64) * 0.5 + 0.2
+    keep = merge_seeds(emb, xy, sig, ssig, threshold=0.5)
+    ref: list[int] = []
+    for j in range(k):  # the sequential rule, one pair at a time, from the formula
+        merged = False
+        for i in ref:
+            d = 1.0 - float(emb[i] @ emb[j])
+            log_phi = -d / (2 * float(sig[i]) ** 2) - float(((xy[i] - xy[j]) ** 2).sum()) / (2 * float(ssig[i]) ** 2)
+            merged |= math.exp(log_phi) > 0.5
+        if not merged:
+            ref.append(j)
+    assert torch.nonzero(keep).squeeze(1).tolist() == ref
+    assert 1 < len(ref) < k  # the case is not trivial
+
+
+def test_assign_instances_equals_dense_kernel() -> None:
+    gen = torch.Generator().manual_seed(5)
+    n, k, d = 300, 7, 8
+    emb = F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=1)
+    xy = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 20
+    s_emb = emb[:k] + 0.1
+    s_xy, s_sig, s_ssig = xy[:k], torch.rand(k, dtype=torch.float64, generator=gen) + 0.5, torch.rand(k, dtype=torch.float64, generator=gen) * 5 + 3
+    inst, best = assign_instances(emb, xy, s_emb, s_xy, s_sig, s_ssig, threshold=0.3, chunk=64)
+    phi = instance_kernel(emb, xy, s_emb, s_sig, s_xy, s_ssig)  # [K, N]
+    ref_best, ref_arg = phi.max(dim=0)
+    torch.testing.assert_close(best, ref_best)
+    assert torch.equal(inst, torch.where(ref_best > 0.3, ref_arg, -1))
+    assert 0 < int((inst >= 0).sum()) < n
+
+
+# --------------------------------------------------------------------------- decoder
+
+
+def test_recovers_scene_with_touching_instances_exactly() -> None:
+    scene = make_scene(BOXES)
+    result = decode_panoptic(*scene.inputs(), **LOOSE)
+    check_segments_info(result, 64, 96)
+    match(result, gt_segments(scene), min_iou=1.0)
+    cars = [s for s in result.segments_info if s["category_id"] == 2]
+    assert len(cars) == 2  # the touching pair is not merged
+    for s in result.segments_info:
+        if s["isthing"]:  # instance score is the seed score at the peak
+            assert s["score"] == pytest.approx(0.9, abs=0.01)
+        else:  # stuff score: mean psi over the segment, from the kernel
+            mask = result.panoptic == s["id"]
+            psi = torch.softmax(semantic_logits(scene.embedding[:, mask].T, scene.class_means, scene.class_sigma), 0)
+            assert s["score"] == pytest.approx(float(psi[s["category_id"]].mean()), rel=1e-5)
+
+
+def test_many_instances_random_layout() -> None:
+    # A 4x5 grid of touching boxes of random thing classes (20 instances).
+    gen = torch.Generator().manual_seed(6)
+    boxes = [
+        (4 + 14 * r, 4 + 18 * c, 18 + 14 * r, 22 + 18 * c, int(torch.randint(2, 5, (1,), generator=gen)))
+        for r in range(4) for c in range(5)
+    ]
+    scene = make_scene(boxes, height=64, width=96, dim=16)
+    result = decode_panoptic(*scene.inputs(), **LOOSE)
+    check_segments_info(result, 64, 96)
+    match(result, gt_segments(scene), min_iou=1.0)
+
+
+def test_minimum_areas_make_void() -> None:
+    boxes = BOXES + [(50, 4, 53, 7, 3)]  # a 3x3 person
+    scene = make_scene(boxes)
+    # Stuff segments are one per class: make the sky a 4-pixel patch in the road.
+    background = scene.instance == 0
+    scene.semantic[background] = 1
+    scene.semantic[0:2, 0:2] = 0
+    scene.embedding[:, background] = scene.class_means[1][:, None]
+    scene.embedding[:, 0:2, 0:2] = scene.class_means[0][:, None, None]
+    result = decode_panoptic(*scene.inputs(), min_thing_area=10, min_stuff_area=5)
+    check_segments_info(result, 64, 96)
+    assert (result.panoptic[50:53, 4:7] == 0).all()
+    assert (result.panoptic[0:2, 0:2] == 0).all()
+    assert len(result.segments_info) == len(BOXES) + 1
+    assert [s["category_id"] for s in result.segments_info if not s["isthing"]] == [1]
+    assert all(s["area"] >= 10 for s in result.segments_info)
+
+
+def test_unclaimed_thing_pixels_and_low_psi_stuff_are_void() -> None:
+    scene = make_scene(BOXES)
+    scene.seed[0, 36:60, 60:90] = 0.0  # the person loses its seed
+    # Sky pixels halfway between sky and road: their max psi, from the kernel, is
+    # far below the psi of the clean sky pixels.
+    half = F.normalize(scene.class_means[0] + scene.class_means[1], dim=0)
+    scene.embedding[:, 0:3, :] = half[:, None, None]
+    psi_half = float(torch.softmax(semantic_logits(half[None], scene.class_means, scene.class_sigma), 0).max())
+    result = decode_panoptic(*scene.inputs(), stuff_threshold=psi_half + 0.05, **LOOSE)
+    check_segments_info(result, 64, 96)
+    assert (result.panoptic[36:60, 60:90] == 0).all()
+    assert (result.panoptic[0:3] == 0).all()
+    assert (result.panoptic[3:10, :10] > 0).all()
+    kept = decode_panoptic(*scene.inputs(), stuff_threshold=psi_half - 0.05, **LOOSE)
+    assert (kept.panoptic[0:3, :10] > 0).all()
+
+
+def test_empty_image_without_things() -> None:
+    scene = make_scene([])
+    result = decode_panoptic(*scene.inputs(), **LOOSE)
+    check_segments_info(result, 64, 96)
+    assert [s["category_id"] for s in result.segments_info] == [0, 1]
+    assert (result.panoptic > 0).all()
+    # Nothing at all: every pixel below the stuff threshold.
+    none = decode_panoptic(*scene.inputs(), stuff_threshold=1.01, **LOOSE)
+    assert none.segments_info == [] and (none.panoptic == 0).all()
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+@pytest.mark.parametrize("mode", ["sample", "avg"])
+def test_downsample_recovers_large_instances(factor: int, mode: str) -> None:
+    boxes = [(12, 6, 40, 46, 2), (12, 46, 40, 90, 2), (42, 20, 64, 60, 3)]
+    scene = make_scene(boxes, height=66, width=98)  # not divisible by 4: cropped border blocks
+    result = decode_panoptic(*scene.inputs(), downsample=factor, downsample_mode=mode, **LOOSE)
+    check_segments_info(result, 66, 98)
+    # Block quantisation moves each border by up to f/2 pixels.
+    match(result, gt_segments(scene), min_iou=0.75)
+    if mode == "sample":
+        # Exact reference: the ground truth read at the block centres, upsampled.
+        rows = (torch.arange(-(-66 // factor)) * factor + factor // 2).clamp(max=65)
+        cols = (torch.arange(-(-98 // factor)) * factor + factor // 2).clamp(max=97)
+        inst = scene.instance[rows][:, cols].repeat_interleave(factor, 0).repeat_interleave(factor, 1)[:66, :98]
+        for i in range(1, len(boxes) + 1):
+            best = max(iou(result.panoptic == s["id"], inst == i) for s in result.segments_info)
+            assert best == 1.0
+
+
+def test_semantic_logits_path_uses_given_logits() -> None:
+    scene = make_scene(BOXES)
+    # The separate branch says "road" on the top half and "sky" on the bottom half.
+    logits = torch.full((NUM_CLASSES, 64, 96), -5.0)
+    logits[1, :32] = 5.0
+    logits[0, 32:] = 5.0
+    thing = scene.instance > 0
+    logits[:, thing] = -5.0
+    logits[scene.semantic[thing], thing] = 5.0
+    result = decode_panoptic(*scene.inputs(), semantic_logits=logits, **LOOSE)
+    check_segments_info(result, 64, 96)
+    swapped = scene.semantic.clone()
+    swapped[(scene.semantic == 0)] = 1
+    swapped[(scene.semantic == 1) & (torch.arange(64)[:, None] >= 32)] = 0
+    scene.semantic = swapped
+    match(result, gt_segments(scene), min_iou=1.0)
+    stuff = {s["category_id"]: s for s in result.segments_info if not s["isthing"]}
+    psi = torch.softmax(torch.tensor([5.0] + [-5.0] * 4), 0)[0]
+    assert stuff[1]["score"] == pytest.approx(float(psi), rel=1e-5)
+
+
+def test_split_embedding_path() -> None:
+    # First half: the class mean of each pixel (semantics only); second half: the
+    # scene's instance embeddings. Each view is re-normalised by split_views.
+    scene = make_scene(BOXES)
+    sem = scene.class_means[scene.semantic].permute(2, 0, 1)
+    embedding = torch.cat([sem, scene.embedding], dim=0) / 2**0.5
+    means = torch.cat([scene.class_means, torch.zeros_like(scene.class_means)], dim=1)
+    result = decode_panoptic(
+        embedding, scene.sigma, scene.spatial_sigma, scene.seed, means, scene.class_sigma, IS_THING,
+        split_embedding=True, **LOOSE,
+    )
+    check_segments_info(result, 64, 96)
+    match(result, gt_segments(scene), min_iou=1.0)
+    # Instance view is the second half: identical instance halves merge into one.
+    flat = embedding.clone()
+    flat[10:] = F.normalize(torch.ones(10), dim=0)[:, None, None] / 2**0.5
+    merged = decode_panoptic(
+        flat, scene.sigma, scene.spatial_sigma, scene.seed, means, scene.class_sigma, IS_THING,
+        split_embedding=True, **LOOSE,
+    )
+    assert sum(s["isthing"] for s in merged.segments_info) < len(BOXES)
+
+
+def test_coordinates_follow_stride_and_coord_scale() -> None:
+    # Same instance embedding on both halves of a wide box, seeds at both ends:
+    # whether they merge depends only on their distance in coordinate units.
+    scene = make_scene([(10, 2, 30, 94, 2)])
+    scene.seed.zero_()
+    scene.seed[0, 20, 10] = scene.seed[0, 20, 85] = 0.9
+    distance = 75 * 1.0 / 64  # columns apart x default coord scale
+    # Phi = exp(-distance^2 / 2) ~ 0.5 at the default scale; stride 0.5 halves the distance.
+    merged = decode_panoptic(*scene.inputs(), stride=0.5, **LOOSE)
+    split = decode_panoptic(*scene.inputs(), stride=2.0, **LOOSE)
+    assert torch.exp(torch.tensor(-(distance * 0.5) ** 2 / 2)) > 0.5 > torch.exp(torch.tensor(-(distance * 2) ** 2 / 2))
+    assert sum(s["isthing"] for s in merged.segments_info) == 1
+    assert sum(s["isthing"] for s in split.segments_info) == 2
+
+
+def test_params_dataclass_and_batch() -> None:
+    scene = make_scene(BOXES)
+    params = DecoderParams(min_thing_area=1, min_stuff_area=1)
+    with pytest.raises(dataclasses_frozen_error()):
+        params.seed_threshold = 0.1  # type: ignore[misc]
+    single = decode_panoptic(*scene.inputs(), **params.as_kwargs())
+    outputs = HLEOutputs(
+        embedding=torch.stack([scene.embedding, scene.embedding.flip(-1)]),
+        sigma=torch.stack([scene.sigma] * 2),
+        spatial_sigma=torch.stack([scene.spatial_sigma] * 2),
+        seed=torch.stack([scene.seed, scene.seed.flip(-1)]),
+    )
+    batch = decode_batch(outputs, scene.class_means, scene.class_sigma, IS_THING, **params.as_kwargs())
+    assert len(batch) == 2
+    assert torch.equal(batch[0].panoptic, single.panoptic)
+    assert batch[0].segments_info == single.segments_info
+    flipped = decode_panoptic(
+        scene.embedding.flip(-1), scene.sigma, scene.spatial_sigma, scene.seed.flip(-1),
+        scene.class_means, scene.class_sigma, IS_THING, **params.as_kwargs(),
+    )
+    assert torch.equal(batch[1].panoptic, flipped.panoptic)
+
+
+def dataclasses_frozen_error() -> type[Exception]:
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError
+
+
+def test_pixel_coordinates_agree_with_decoder_grid() -> None:
+    # The decoder reads per-axis coordinates from pixel_coordinates; their outer
+    # product must be the full grid.
+    grid = pixel_coordinates(5, 7, stride=4.0)
+    rows = pixel_coordinates(5, 1, stride=4.0)[:, 0]
+    cols = pixel_coordinates(1, 7, stride=4.0)[:, 1]
+    torch.testing.assert_close(grid, torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(embedding=torch.zeros(10, 64)), "embedding must be"),
+        (dict(sigma=torch.ones(1, 64, 95)), "sigma must be"),
+        (dict(seed=torch.ones(64, 96)), "seed must be"),
+        (dict(class_means=torch.zeros(5, 9)), "class_means must be"),
+        (dict(class_sigma=torch.ones(4)), "class_sigma must be"),
+        (dict(is_thing=torch.ones(5)), "is_thing must be"),
+        (dict(semantic_logits=torch.zeros(4, 64, 96)), "semantic_logits must be"),
+        (dict(downsample=0), "downsample must be"),
+        (dict(downsample_mode="bilinear"), "downsample_mode must be"),
+        (dict(nms_kernel=2), "nms_kernel must be"),
+        (dict(split_embedding=True, embedding=torch.zeros(9, 64, 96), class_means=torch.zeros(5, 9)), "even D"),
+    ],
+)
+def test_errors_name_the_argument(change: dict, message: str) -> None:
+    scene = make_scene(BOXES)
+    args = dict(
+        embedding=scene.embedding, sigma=scene.sigma, spatial_sigma=scene.spatial_sigma, seed=scene.seed,
+        class_means=scene.class_means, class_sigma=scene.class_sigma, is_thing=IS_THING,
+    )
+    args.update(change)
+    positional = [args.pop(k) for k in ("embedding", "sigma", "spatial_sigma", "seed", "class_means", "class_sigma", "is_thing")]
+    with pytest.raises(ValueError, match=message):
+        decode_panoptic(*positional, **args)
+
+
+def test_decode_batch_rejects_unbatched() -> None:
+    scene = make_scene(BOXES)
+    with pytest.raises(ValueError, match="B, D, H, W"):
+        decode_batch(HLEOutputs(scene.embedding, scene.sigma, scene.spatial_sigma, scene.seed), scene.class_means, scene.class_sigma, IS_THING)
