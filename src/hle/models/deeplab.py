@@ -190,6 +190,10 @@ class HLENet(nn.Module):
         """``[C]`` positive class sigmas of Eq. (9): ``floor + softplus(raw)``."""
         return positive(self.class_sigma_raw, self.class_sigma_floor)
 
+    def param_groups(self, lr: float, class_lr_mult: float = 5.0) -> list[dict]:
+        """Optimizer groups with faster class parameters; see :func:`param_groups`."""
+        return param_groups(self, lr, class_lr_mult)
+
     def forward(self, images: torch.Tensor, upsample: bool = True) -> HLEOutputs:
         """Predict the per-pixel outputs.
 
@@ -259,7 +263,7 @@ def param_groups(model: nn.Module, lr: float, class_lr_mult: float = 5.0) -> lis
 
     Returns:
         ``[{"name": "network", "params": [...], "lr": lr},
-        {"name": "class", "params": [...], "lr": lr * class_lr_mult}]`` (empty groups
+        {"name": "class", "params": [...], "lr": lr * class_lr_mult, "weight_decay": 0.0}]`` (empty groups
         dropped), ready for ``torch.optim.Adam(param_groups(model, lr))``.
     """
     if not lr > 0:
@@ -274,6 +278,8 @@ def param_groups(model: nn.Module, lr: float, class_lr_mult: float = 5.0) -> lis
         (classes if name.split(".")[-1] in class_names else network).append(p)
     groups = [
         {"name": "network", "params": network, "lr": lr},
-        {"name": "class", "params": classes, "lr": lr * class_lr_mult},
+        # No weight decay on the class group: shrinking means that the kernels re-normalise
+        # anyway would only fight the loss.
+        {"name": "class", "params": classes, "lr": lr * class_lr_mult, "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
