@@ -12,8 +12,22 @@ from hle.evaluation.panoptic import (
     match_annotations,
     pq_compute,
 )
+from hle.evaluation.writers import (
+    CITYSCAPES_TRAIN_TO_LABEL_ID,
+    CityscapesPanopticWriter,
+    CocoPanopticWriter,
+    cityscapes_image_id,
+    write_cityscapes_panoptic,
+    write_coco_panoptic,
+)
 
 __all__ = [
+    "CITYSCAPES_TRAIN_TO_LABEL_ID",
+    "CityscapesPanopticWriter",
+    "CocoPanopticWriter",
+    "cityscapes_image_id",
+    "write_cityscapes_panoptic",
+    "write_coco_panoptic",
     "MaskAPAccumulator",
     "PQStat",
     "PanopticEvaluator",
