@@ -174,7 +174,8 @@ def test_shape_mismatch_error() -> None:
     body = build_backbone("tiny").body
     state = body.state_dict()
     state["stem.0.0.weight"] = torch.zeros(7, 3, 3, 3)
-    with pytest.raises(ValueError, match=r"my.ckpt.*stem.0.0.weight: expected \(24, 3, 3, 3\), found \(7, 3, 3, 3\)"):
+    expected = r"my.ckpt.*stem.0.0.weight: expected \(24, 3, 3, 3\), found \(7, 3, 3, 3\)"
+    with pytest.raises(ValueError, match=expected):
         load_backbone_weights(body, state, source="my.ckpt")
 
 
@@ -192,3 +193,14 @@ def test_old_checkpoint_without_bn_counters_loads() -> None:
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     load_backbone_weights(body, state)
     assert math.isclose(float(body.stem[0][1].weight.detach()[0]), 2.0)
+
+
+def test_backbone_options() -> None:
+    parts = build_backbone("tiny", widths=(8, 16, 32, 40))
+    assert (parts.low_channels, parts.out_channels) == (8, 40)
+    model = HLENet("tiny", num_classes=3, backbone_options={"widths": [8, 16, 32, 40]})
+    assert model.backbone.stage4[1][0].out_channels == 40
+    with pytest.raises(ValueError, match="backbone 'resnet50': bad options \\['widths'\\]"):
+        build_backbone("resnet50", widths=(1, 2, 3, 4))
+    with pytest.raises(ValueError, match="widths must be 4 positive ints"):
+        build_backbone("tiny", widths=(8, 16))

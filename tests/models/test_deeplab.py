@@ -81,7 +81,10 @@ def test_upsampled_outputs_are_activations_of_upsampled_raw_maps() -> None:
     x = torch.randn(1, 3, 30, 42)
     with torch.no_grad():
         low, full = model(x, upsample=False), model(x)
-    up = lambda t: F.interpolate(t.double(), size=(30, 42), mode="bilinear", align_corners=False)  # noqa: E731
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t.double(), size=(30, 42), mode="bilinear", align_corners=False)
+
     sigma_raw = torch.log(torch.expm1(low.sigma.double() - 0.1))
     assert torch.allclose(full.sigma.double(), 0.1 + F.softplus(up(sigma_raw)), atol=1e-5)
     seed_raw = torch.log(low.seed.double()) - torch.log1p(-low.seed.double())
@@ -97,7 +100,8 @@ def test_upsampled_outputs_are_activations_of_upsampled_raw_maps() -> None:
 
 def test_positive_parametrisation_hand_values() -> None:
     # softplus(0) = log 2; softplus(log(e - 1)) = 1.
-    assert math.isclose(float(positive(torch.tensor(0.0), 0.05)), 0.05 + math.log(2.0), rel_tol=1e-6)
+    at_zero = float(positive(torch.tensor(0.0), 0.05))
+    assert math.isclose(at_zero, 0.05 + math.log(2.0), rel_tol=1e-6)
     assert math.isclose(inverse_positive(1.05, 0.05), math.log(math.e - 1.0), rel_tol=1e-12)
     for value in (0.0501, 0.4, 1.0, 30.0):
         raw = torch.tensor(inverse_positive(value, 0.05), dtype=torch.float64)
@@ -109,7 +113,12 @@ def test_positive_parametrisation_hand_values() -> None:
 def test_sigma_heads_start_at_their_init() -> None:
     torch.manual_seed(0)
     model = HLENet(
-        "tiny", num_classes=5, embedding_dim=4, sigma_init=0.4, spatial_sigma_init=1.0, class_sigma_init=0.3
+        "tiny",
+        num_classes=5,
+        embedding_dim=4,
+        sigma_init=0.4,
+        spatial_sigma_init=1.0,
+        class_sigma_init=0.3,
     ).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 40, 40))
@@ -127,7 +136,8 @@ def test_class_means_thomson_and_random_init() -> None:
     norms = rnd.class_means.detach().norm(dim=1)
     assert torch.allclose(norms, torch.ones(7), atol=1e-6)
     # Thomson spreads the means: lower energy (Eq. 17) than the random start.
-    assert thomson_energy(model.class_means.detach().double()) < thomson_energy(rnd.class_means.detach().double())
+    energy = thomson_energy(model.class_means.detach().double())
+    assert energy < thomson_energy(rnd.class_means.detach().double())
     # Seeded, independent of global RNG state.
     torch.manual_seed(123)
     again = HLENet("tiny", num_classes=7, embedding_dim=5, thomson_init=False, seed=3)
@@ -160,12 +170,13 @@ def test_param_groups() -> None:
     groups = param_groups(model, lr=1e-3)
     assert [g["name"] for g in groups] == ["network", "class"]
     assert groups[0]["lr"] == 1e-3 and math.isclose(groups[1]["lr"], 5e-3)
-    assert {id(p) for p in groups[1]["params"]} == {id(model.class_means), id(model.class_sigma_raw)}
+    class_ids = {id(model.class_means), id(model.class_sigma_raw)}
+    assert {id(p) for p in groups[1]["params"]} == class_ids
     all_ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(all_ids) == sorted(id(p) for p in model.parameters())
     # Works through a wrapper that prefixes names (as DDP's `module.`) and as a method.
     wrapped = nn.ModuleDict({"module": model})
-    assert {id(p) for p in param_groups(wrapped, 1.0, 2.0)[1]["params"]} == {id(model.class_means), id(model.class_sigma_raw)}
+    assert {id(p) for p in param_groups(wrapped, 1.0, 2.0)[1]["params"]} == class_ids
     assert math.isclose(model.param_groups(lr=1.0, class_lr_mult=2.0)[1]["lr"], 2.0)
     torch.optim.Adam(groups)  # accepted as is
     with pytest.raises(ValueError, match="lr must be > 0, got 0"):
@@ -200,10 +211,29 @@ def test_exports_with_dynamic_shapes() -> None:
 
     torch.manual_seed(0)
     model = HLENet("tiny", num_classes=3, embedding_dim=4).eval()
-    dims = {"images": {0: Dim("b", min=2, max=16), 2: Dim("h", min=32, max=2048), 3: Dim("w", min=32, max=2048)}}
+    dims = {
+        "images": {
+            0: Dim("b", min=2, max=16),
+            2: Dim("h", min=32, max=2048),
+            3: Dim("w", min=32, max=2048),
+        }
+    }
     program = export(model, (torch.randn(2, 3, 64, 96),), dynamic_shapes=dims)
     x = torch.randn(3, 3, 37, 70)
     with torch.no_grad():
         got, ref = program.module()(x), model(x)
     for a, b in zip(got, ref):
         assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)
+
+
+def test_output_dtypes_under_autocast_and_float64() -> None:
+    torch.manual_seed(0)
+    model = HLENet("tiny", num_classes=3, embedding_dim=4, semantic_branch=True).eval()
+    x = torch.randn(1, 3, 32, 40)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert all(t.dtype == torch.float32 for t in out)
+    assert torch.allclose(out.embedding.norm(dim=1), torch.ones(1, 32, 40), atol=1e-5)
+    with torch.no_grad():
+        out64 = model.double()(x.double())
+    assert all(t.dtype == torch.float64 for t in out64)

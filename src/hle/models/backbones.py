@@ -11,6 +11,7 @@ name the file and the offending keys. The name -> builder table is the plain dic
 """
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -228,11 +229,19 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 }
 
 
-def build_backbone(name: str, output_stride: int = 16) -> Backbone:
-    """Build the backbone called ``name`` (a key of :data:`BACKBONES`), without weights."""
+def build_backbone(name: str, output_stride: int = 16, **options: object) -> Backbone:
+    """Build the backbone called ``name`` (a key of :data:`BACKBONES`), without weights.
+
+    ``options`` go to the builder (only ``tiny`` takes any: ``widths``).
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
-    return BACKBONES[name](output_stride=output_stride)
+    builder = BACKBONES[name]
+    try:
+        inspect.signature(builder).bind(output_stride=output_stride, **options)
+    except TypeError as exc:
+        raise ValueError(f"backbone {name!r}: bad options {sorted(options)}: {exc}") from None
+    return builder(output_stride=output_stride, **options)
 
 
 def imagenet_weights(name: str) -> WeightsEnum:

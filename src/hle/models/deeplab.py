@@ -94,6 +94,8 @@ class HLENet(nn.Module):
         aspp_channels, low_level_channels, decoder_channels: widths of the DeepLabV3+ parts;
             ``None`` takes :data:`DEFAULT_WIDTHS` of the backbone.
         aspp_dropout: dropout after the ASPP projection (torchvision's ASPP hard-codes 0.5).
+        backbone_options: extra keyword arguments of the backbone builder, e.g.
+            ``{"widths": [16, 32, 64, 128]}`` for ``tiny``.
 
     Attributes:
         class_means: ``[C, D]`` parameter, persistent class means (unit rows at init; the
@@ -125,6 +127,7 @@ class HLENet(nn.Module):
         low_level_channels: int | None = None,
         decoder_channels: int | None = None,
         aspp_dropout: float = 0.1,
+        backbone_options: dict | None = None,
     ) -> None:
         super().__init__()
         _check_positive_int("num_classes", num_classes)
@@ -133,7 +136,7 @@ class HLENet(nn.Module):
             raise ValueError(f"embedding_dim must be >= 2, got {embedding_dim}")
         if not 0.0 <= aspp_dropout < 1.0:
             raise ValueError(f"aspp_dropout must be in [0, 1), got {aspp_dropout}")
-        parts = build_backbone(backbone, output_stride)
+        parts = build_backbone(backbone, output_stride, **(backbone_options or {}))
         load_pretrained(parts, backbone, pretrained_backbone)
         widths = DEFAULT_WIDTHS[backbone]
         aspp_ch = widths[0] if aspp_channels is None else aspp_channels
@@ -181,7 +184,8 @@ class HLENet(nn.Module):
         self.seed_head = nn.Conv2d(dec_ch, 1, 1)
         self.semantic_head = nn.Conv2d(dec_ch, num_classes, 1) if semantic_branch else None
 
-        self.class_means = nn.Parameter(_init_class_means(num_classes, embedding_dim, thomson_init, seed))
+        means = _init_class_means(num_classes, embedding_dim, thomson_init, seed)
+        self.class_means = nn.Parameter(means)
         self.class_sigma_raw = nn.Parameter(
             torch.full((num_classes,), inverse_positive(class_sigma_init, class_sigma_floor))
         )
@@ -215,9 +219,14 @@ class HLENet(nn.Module):
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
         x = self.decoder(torch.cat([high, low], dim=1))
 
-        raw = [self.embedding_head(x), self.sigma_head(x), self.spatial_sigma_head(x), self.seed_head(x)]
+        heads = [self.embedding_head, self.sigma_head, self.spatial_sigma_head, self.seed_head]
         if self.semantic_head is not None:
-            raw.append(self.semantic_head(x))
+            heads.append(self.semantic_head)
+        # Under AMP the heads run in half precision; their few channels are promoted to at
+        # least float32 so unit norms, sigma floors and seeds near 0 or 1 stay exact for the
+        # loss (float64 stays float64 for gradchecks).
+        raw = [h(x) for h in heads]
+        raw = [r.to(torch.promote_types(r.dtype, torch.float32)) for r in raw]
         if upsample:
             # Activations are applied after upsampling, so the full-resolution embeddings are
             # exactly unit length and the sigmas exactly above their floors.
@@ -262,9 +271,9 @@ def param_groups(model: nn.Module, lr: float, class_lr_mult: float = 5.0) -> lis
         class_lr_mult: multiplier for the class group.
 
     Returns:
-        ``[{"name": "network", "params": [...], "lr": lr},
-        {"name": "class", "params": [...], "lr": lr * class_lr_mult, "weight_decay": 0.0}]`` (empty groups
-        dropped), ready for ``torch.optim.Adam(param_groups(model, lr))``.
+        ``[{"name": "network", "params": [...], "lr": lr}, {"name": "class", "params":
+        [...], "lr": lr * class_lr_mult, "weight_decay": 0.0}]`` (empty groups dropped),
+        ready for ``torch.optim.Adam(param_groups(model, lr))``.
     """
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
