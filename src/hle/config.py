@@ -70,16 +70,16 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """HLE loss settings (Eq. 11-16). ``options`` go to ``HLELossOptions`` verbatim.
+    """HLE loss settings (Eq. 11-16).
+
+    The resolution of the loss follows ``model.upsample``: at full resolution when
+    true, else at the network's decoder stride against nearest-subsampled targets.
 
     Attributes:
-        stride: compute the loss on outputs at this stride w.r.t. the targets (targets
-            are subsampled with nearest neighbour). 1 = full resolution.
         options: keyword arguments of ``hle.core.hle_loss.HLELossOptions`` (e.g.
             ``{gamma: 10.0}``); unknown keys fail when training starts.
     """
 
-    stride: int = 1
     options: dict = field(default_factory=dict)
 
 

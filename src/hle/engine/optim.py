@@ -44,7 +44,7 @@ def split_param_groups(
         for i, g in enumerate(groups):
             g.setdefault("lr", lr)
             g.setdefault("name", f"group{i}")
-            is_class = g["lr"] != lr
+            is_class = g.get("name") == "class" or g["lr"] != lr
             g.setdefault("weight_decay", 0.0 if is_class else weight_decay)
         return groups
     net, cls = [], []

@@ -7,7 +7,9 @@ process) and can start part-way into an epoch, so a resumed run sees the very ba
 the interrupted run would have seen next. :class:`SeededDataset` seeds ``random``,
 NumPy and torch from ``(seed, epoch, index)`` before it calls the wrapped dataset,
 making augmentations independent of worker processes, batch boundaries and restarts;
-the caller's global random state is restored afterwards.
+the caller's global random state is restored afterwards. A dataset with a
+``set_epoch`` method (``hle.data.PanopticDataset``, whose mapper seeds a private
+generator by ``(seed, epoch, index)``) is told the epoch of each item.
 """
 from __future__ import annotations
 
@@ -99,6 +101,9 @@ class SeededDataset(Dataset):
             index, epoch = key
         else:
             index, epoch = int(key), 0
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
         s = sample_seed(self.seed, epoch, index)
         saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         random.seed(s)

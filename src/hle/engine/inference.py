@@ -1,0 +1,252 @@
+"""Inference: checkpoint -> model, images -> outputs -> panoptic results -> PQ / files.
+
+This module owns the inference path of the engine: loading a trained model from a
+checkpoint, running it (optionally with test-time flip, Sec. 4.2), decoding with
+:func:`hle.core.decode.decode_batch`, mapping decoded train ids back to the dataset's
+category ids, and evaluating a list of records with the mergeable PQ statistics of
+:mod:`hle.core.pq` (one shard per process under DDP, merged at the end). Network
+outputs, decoding and evaluation stay separate calls so each can be cached or swapped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hle.core.types import HLEOutputs, PanopticResult
+
+__all__ = [
+    "LoadedModel",
+    "load_trained",
+    "run_model",
+    "decode_outputs",
+    "to_dataset_ids",
+    "evaluate_records",
+    "EvalOutput",
+    "summarize_metrics",
+    "preview_panel",
+]
+
+
+@dataclass
+class EvalOutput:
+    """Result of :func:`evaluate_records`.
+
+    Attributes:
+        metrics: flat 0-100 metrics (:func:`summarize_metrics`).
+        summary: the evaluator's full result (panopticapi layout, 0-1), for
+            :func:`hle.evaluation.format_pq_table`.
+        previews: input | prediction | ground-truth panels, ``[H, 3W, 3]`` uint8.
+    """
+
+    metrics: dict[str, Any]
+    summary: dict[str, Any]
+    previews: list[np.ndarray] = field(default_factory=list)
+
+
+class LoadedModel:
+    """A trained network with what inference needs: config, metadata, class tensors."""
+
+    def __init__(self, model: nn.Module, config: Any, metadata: Any, step: int) -> None:
+        self.model = model
+        self.config = config
+        self.metadata = metadata
+        self.step = step
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model of a checkpoint written by :func:`hle.engine.trainer.train`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not an hle checkpoint.
+    """
+    from hle.config import config_from_dict
+    from hle.data.metadata import Metadata
+    from hle.engine.build import build_model
+    from hle.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "model" not in state or "config" not in state or not state.get("metadata"):
+        raise ValueError(f"{path} is not an hle training checkpoint (expected keys model, config, metadata)")
+    config = config_from_dict(state["config"])
+    metadata = Metadata.from_dict(state["metadata"])
+    model = build_model(config, metadata.num_classes, pretrained=False)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return LoadedModel(model, config, metadata, int(state.get("step", 0)))
+
+
+@torch.no_grad()
+def run_model(model: nn.Module, images: torch.Tensor, *, flip: bool = False) -> HLEOutputs:
+    """Network outputs at input resolution, with optional test-time flip.
+
+    Args:
+        model: an :class:`hle.models.HLENet` in eval mode.
+        images: ``[B, 3, H, W]`` normalised images.
+    """
+    from hle.models import flip_inference
+
+    if flip:
+        return flip_inference(model, images)
+    return model(images)
+
+
+@torch.no_grad()
+def decode_outputs(
+    model: nn.Module, outputs: HLEOutputs, is_thing: torch.Tensor, decoder_kwargs: dict[str, Any] | None = None
+) -> list[PanopticResult]:
+    """Decode a batch of outputs with the model's class means and sigmas (Sec. 3.5)."""
+    from hle.core.decode import decode_batch
+
+    device = outputs.embedding.device
+    return decode_batch(
+        HLEOutputs(*(None if t is None else t.float() for t in outputs)),
+        model.class_means.detach().float().to(device),
+        model.class_sigma().detach().float().to(device),
+        is_thing.to(device),
+        **dict(decoder_kwargs or {}),
+    )
+
+
+def to_dataset_ids(result: PanopticResult, metadata: Any) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """``(panoptic [H, W] int64, segments_info)`` with dataset category ids.
+
+    The decoder speaks contiguous train ids; files and evaluation use the dataset's.
+    """
+    pan = result.panoptic.detach().cpu().numpy().astype(np.int64)
+    segments = []
+    for seg in result.segments_info:
+        s = dict(seg)
+        s["category_id"] = int(metadata.train_id_to_id[int(seg["category_id"])])
+        s["isthing"] = int(bool(s.get("isthing", False)))
+        s["iscrowd"] = 0
+        for key in ("area", "id"):
+            if key in s:
+                s[key] = int(s[key])
+        if "bbox" in s:
+            s["bbox"] = [int(v) for v in s["bbox"]]
+        if "score" in s:
+            s["score"] = float(s["score"])
+        segments.append(s)
+    return pan, segments
+
+
+def summarize_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """Flatten a panopticapi-style summary into the engine's 0-100 metric keys.
+
+    Keys: ``PQ, SQ, RQ`` (all classes), ``PQ_th, SQ_th, RQ_th``, ``PQ_st, SQ_st,
+    RQ_st``, ``mIoU``, ``PQ_dagger``, ``PC`` (when present) and ``n_images``.
+    """
+    out: dict[str, Any] = {}
+    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        g = summary.get(group, {})
+        for key in ("pq", "sq", "rq"):
+            if key in g:
+                out[key.upper() + suffix] = 100.0 * float(g[key])
+    for src, dst in (("miou", "mIoU"), ("pq_dagger", "PQ_dagger"), ("pc", "PC")):
+        # Layout of hle.core.pq.summarize_pq: summary[metric]["All"][metric].
+        group = summary.get(src, {}).get("All", {})
+        if src in group:
+            out[dst] = 100.0 * float(group[src])
+    if "n_images" in summary:
+        out["n_images"] = int(summary["n_images"])
+    return out
+
+
+def preview_panel(image: torch.Tensor, pred: tuple[np.ndarray, list], gt: tuple[np.ndarray, list], metadata: Any) -> np.ndarray:
+    """``[H, 3W, 3]`` uint8: input | prediction | ground truth, for TensorBoard."""
+    from hle.visualize import class_palette, colorize_panoptic, denormalize_image
+
+    palette = class_palette(len(metadata.categories), [c["color"] for c in metadata.categories])
+    index = {c["id"]: i for i, c in enumerate(metadata.categories)}
+
+    def paint(pan: np.ndarray, segments: list) -> np.ndarray:
+        segs = [dict(s, category_id=index.get(int(s["category_id"]), 0), isthing=bool(s.get("isthing", metadata.category(int(s["category_id"]))["isthing"]))) for s in segments]
+        return colorize_panoptic(pan, segs, palette)
+
+    return np.concatenate([denormalize_image(image), paint(*pred), paint(*gt)], axis=1)
+
+
+@torch.no_grad()
+def evaluate_records(
+    model: nn.Module,
+    records: Sequence[dict[str, Any]],
+    metadata: Any,
+    mapper: Callable[..., dict[str, Any]],
+    *,
+    flip: bool = False,
+    decoder_kwargs: dict[str, Any] | None = None,
+    info: Any = None,
+    num_previews: int = 0,
+    on_prediction: Callable[[dict[str, Any], np.ndarray, list[dict[str, Any]]], None] | None = None,
+    progress: bool = False,
+) -> EvalOutput:
+    """PQ and friends of ``model`` on ``records`` (one image at a time).
+
+    Each record is mapped for evaluation (max-side resize, normalisation), run through
+    the model (test-time flip if asked), decoded, mapped to dataset ids and compared
+    with the (equally resized) ground truth. Under DDP every process takes every
+    ``world_size``-th record and the statistics are summed across processes.
+
+    Args:
+        model: network in eval mode.
+        records: panoptic records of the split.
+        metadata: the dataset's :class:`hle.data.Metadata`.
+        mapper: an evaluation :class:`hle.data.PanopticMapper` (``return_panoptic``).
+        flip: test-time flip.
+        decoder_kwargs: keyword arguments of ``decode_panoptic``.
+        info: :class:`hle.engine.distributed.DistInfo` or ``None`` (single process).
+        num_previews: return this many input | prediction | ground-truth panels.
+        on_prediction: called as ``(record, panoptic, segments_info)`` per image
+            (dataset category ids), e.g. to write COCO panoptic files.
+        progress: tqdm bar.
+
+    Returns:
+        :class:`EvalOutput`: metrics on a 0-100 scale (see :func:`summarize_metrics`)
+        plus ``per_class``, the evaluator's summary, previews.
+    """
+    from hle.evaluation import PanopticEvaluator
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+    categories = [c for c in metadata.categories if not c.get("ignore", False)]
+    evaluator = PanopticEvaluator(categories)
+    previews: list[np.ndarray] = []
+    mine = list(range(rank, len(records), world))
+    iterator: Any = mine
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(mine, desc="evaluate", leave=False)
+    is_thing = metadata.is_thing
+    for i in iterator:
+        sample = mapper(records[i], index=i)
+        image = sample["image"][None].to(device)
+        outputs = run_model(model, image, flip=flip)
+        result = decode_outputs(model, outputs, is_thing, decoder_kwargs)[0]
+        pan, segments = to_dataset_ids(result, metadata)
+        gt_pan = sample["panoptic"].numpy()
+        gt_segments = sample["segments_info"]
+        evaluator.process(gt_pan, gt_segments, pan, segments, image_id=records[i].get("image_id"))
+        if on_prediction is not None:
+            on_prediction(records[i], pan, segments)
+        if len(previews) < num_previews:
+            previews.append(preview_panel(sample["image"], (pan, segments), (gt_pan, gt_segments), metadata))
+    if world > 1:
+        evaluator.synchronize()
+    if was_training:
+        model.train()
+    summary = evaluator.evaluate()
+    metrics = summarize_metrics(summary)
+    metrics["per_class"] = {
+        str(k): {kk: (100.0 * vv if kk in ("pq", "sq", "rq", "iou", "pq_dagger", "pc") else vv) for kk, vv in v.items()}
+        for k, v in summary.get("per_class", {}).items()
+    }
+    return EvalOutput(metrics, summary, previews)

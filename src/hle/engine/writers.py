@@ -1,0 +1,185 @@
+"""Writing predictions to disk: COCO panoptic files and per-image prediction bundles.
+
+This module owns the engine's file outputs at inference time. :class:`CocoPanopticWriter`
+streams predictions of a dataset split into the COCO panoptic layout that panopticapi,
+cityscapesScripts and ``hle pq`` read (``<name>.json`` + ``<name>/<file>.png`` with
+``id = R + 256 G + 256^2 B``). :func:`predict_images` runs a trained model on arbitrary
+image files and writes, per image, the id PNG, a JSON of its segments and a colour
+overlay.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["CocoPanopticWriter", "predict_images", "prepare_image"]
+
+
+def _write_id_png(path: Path, ids: np.ndarray) -> None:
+    from hle.data.panoptic_io import id_to_rgb
+    from PIL import Image
+
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(id_to_rgb(ids.astype(np.int64))).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class CocoPanopticWriter:
+    """Collect predictions of a split and write them in COCO panoptic format.
+
+    Args:
+        out_dir: folder for ``<name>.json`` and ``<name>/``.
+        name: base name, e.g. ``panoptic_val``.
+        metadata: dataset metadata (its categories go into the JSON).
+    """
+
+    def __init__(self, out_dir: str | Path, name: str, metadata: Any) -> None:
+        self.out = Path(out_dir)
+        self.name = name
+        self.folder = self.out / name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.metadata = metadata
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any], panoptic: np.ndarray, segments_info: list[dict[str, Any]]) -> None:
+        """Write one image's id PNG and remember its annotation.
+
+        The prediction is resized (nearest) to the record's original ``height x width``
+        when it was made at another resolution (e.g. after a max-side resize), so the
+        files line up with the dataset's ground truth.
+        """
+        pan = np.asarray(panoptic, dtype=np.int64)
+        h = int(record.get("height") or pan.shape[0])
+        w = int(record.get("width") or pan.shape[1])
+        if pan.shape != (h, w):
+            t = torch.from_numpy(pan)[None, None].float()
+            pan = torch.nn.functional.interpolate(t, size=(h, w), mode="nearest")[0, 0].long().numpy()
+        present = set(np.unique(pan).tolist())
+        segments = []
+        for s in segments_info:
+            if int(s["id"]) not in present:
+                continue
+            mask = pan == int(s["id"])
+            ys, xs = np.nonzero(mask)
+            seg = {
+                "id": int(s["id"]),
+                "category_id": int(s["category_id"]),
+                "iscrowd": 0,
+                "area": int(mask.sum()),
+                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+            }
+            if "score" in s:
+                seg["score"] = float(s["score"])
+            segments.append(seg)
+        stem = Path(str(record.get("pan_seg_file_name") or record["file_name"])).stem
+        file_name = f"{stem}.png"
+        _write_id_png(self.folder / file_name, pan)
+        image_id = record.get("image_id", stem)
+        self.images.append({"id": image_id, "file_name": Path(str(record["file_name"])).name, "height": h, "width": w})
+        self.annotations.append({"image_id": image_id, "file_name": file_name, "segments_info": segments})
+
+    def close(self) -> Path:
+        """Write ``<name>.json`` (atomically) and return its path."""
+        categories = [
+            {k: c[k] for k in ("id", "name", "isthing", "color") if k in c}
+            for c in self.metadata.categories
+            if not c.get("ignore", False)
+        ]
+        path = self.out / f"{self.name}.json"
+        _write_json(path, {"images": self.images, "annotations": self.annotations, "categories": categories})
+        return path
+
+
+def prepare_image(path: str, max_side: int | None) -> tuple[np.ndarray, torch.Tensor]:
+    """Read an image; return ``(original [H, W, 3] uint8, normalised [3, h, w] tensor)``.
+
+    The tensor is resized so its longer side is at most ``max_side`` and normalised
+    with the ImageNet statistics the data mapper uses.
+    """
+    from hle.data.panoptic_io import read_image
+    from hle.data.transforms import IMAGENET_MEAN, IMAGENET_STD, max_side_size, normalize, resize_image
+
+    try:
+        original = read_image(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from None
+    image = torch.from_numpy(np.ascontiguousarray(original)).permute(2, 0, 1).float().div_(255.0)
+    if max_side is not None:
+        image = resize_image(image, *max_side_size(image.shape[1], image.shape[2], max_side))
+    return original, normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@torch.no_grad()
+def predict_images(
+    loaded: Any, paths: Sequence[str], out_dir: Path, *, flip: bool = False, progress: bool = False
+) -> list[Path]:
+    """Predict each image and write ``<stem>.png``, ``<stem>.json``, ``<stem>_overlay.png``.
+
+    Args:
+        loaded: :class:`hle.engine.inference.LoadedModel`.
+        paths: image files.
+        out_dir: output folder (created).
+        flip: test-time flip.
+
+    Returns:
+        The id PNG paths written.
+    """
+    from hle.engine.inference import decode_outputs, run_model, to_dataset_ids
+    from hle.visualize import class_palette, colorize_panoptic, overlay, save_png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metadata = loaded.metadata
+    device = next(loaded.model.parameters()).device
+    palette = class_palette(len(metadata.categories), [c["color"] for c in metadata.categories])
+    index = {c["id"]: i for i, c in enumerate(metadata.categories)}
+    names = {c["id"]: c["name"] for c in metadata.categories}
+    written: list[Path] = []
+    iterator: Any = paths
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(paths, desc="predict", leave=False)
+    used: set[str] = set()
+    for path in iterator:
+        original, image = prepare_image(path, loaded.config.data.max_side)
+        outputs = run_model(loaded.model, image[None].to(device), flip=flip)
+        result = decode_outputs(loaded.model, outputs, metadata.is_thing, loaded.config.eval.decoder)[0]
+        pan, segments = to_dataset_ids(result, metadata)
+        h, w = original.shape[:2]
+        if pan.shape != (h, w):
+            t = torch.from_numpy(pan)[None, None].float()
+            pan = torch.nn.functional.interpolate(t, size=(h, w), mode="nearest")[0, 0].long().numpy()
+        stem = Path(path).stem
+        while stem in used:  # two inputs with the same name from different folders
+            stem += "_"
+        used.add(stem)
+        for s in segments:
+            mask = pan == s["id"]
+            s["area"] = int(mask.sum())
+            s["category_name"] = names.get(s["category_id"], str(s["category_id"]))
+        segments = [s for s in segments if s["area"] > 0]
+        _write_id_png(out_dir / f"{stem}.png", pan)
+        _write_json(
+            out_dir / f"{stem}.json",
+            {"file_name": str(path), "height": h, "width": w, "segments_info": segments},
+        )
+        painted = colorize_panoptic(
+            pan,
+            [dict(s, category_id=index[s["category_id"]]) for s in segments],
+            palette,
+        )
+        save_png(overlay(original, painted, alpha=0.55), out_dir / f"{stem}_overlay.png")
+        written.append(out_dir / f"{stem}.png")
+    return written
