@@ -1,4 +1,8 @@
-"""Datasets: index loaders (records + metadata), the per-sample mapper and the synthetic set."""
+"""Datasets: index loaders (records + metadata), the per-sample mapper and the synthetic set.
+
+The synthetic loader is `hle.data.synthetic.synthetic` (or `DATASETS["synthetic"]`); it is not
+re-exported here so that `hle.data.synthetic` keeps naming the module.
+"""
 from __future__ import annotations
 
 from hle.data.catalog import DATASETS, load_dataset
@@ -12,7 +16,7 @@ from hle.data.datasets import (
 )
 from hle.data.mapper import PanopticDataset, PanopticMapper, collate
 from hle.data.metadata import Metadata
-from hle.data.synthetic import generate_synthetic, synthetic, synthetic_metadata
+from hle.data.synthetic import generate_synthetic, synthetic_metadata
 from hle.data.targets import panoptic_targets
 
 __all__ = [
@@ -29,7 +33,6 @@ __all__ = [
     "load_coco_panoptic",
     "load_dataset",
     "panoptic_targets",
-    "synthetic",
     "synthetic_metadata",
     "vistas_panoptic",
 ]

@@ -261,8 +261,10 @@ def cityscapes_panoptic(root: PathLike, split: str) -> tuple[list[Record], Metad
     records = records_from_panoptic_json(
         index,
         index_path=index_path,
-        # image ids are <city>_<seq>_<frame>; the city is the image's sub-folder.
-        image_path=lambda img: images_dir / str(img["id"]).split("_")[0] / img["file_name"],
+        # Image ids are <city>_<seq>_<frame> and the city is the sub-folder. The JSON's own
+        # file_name is not used: createPanopticImgs writes "<id>_gtFine_leftImg8bit.png",
+        # which is not the name of the image on disk.
+        image_path=lambda img: images_dir / str(img["id"]).split("_")[0] / f"{img['id']}_leftImg8bit.png",
         panoptic_dir=pan_dir,
         metadata=metadata,
     )

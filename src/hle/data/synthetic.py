@@ -387,7 +387,8 @@ def generate_synthetic(
             "annotations": annotations,
             "categories": categories,
         }
-        write_json_atomic(d / f"panoptic_{split}.json", index)
+        # sort_keys: segments read back from a PNG (resume) and fresh ones serialise identically.
+        write_json_atomic(d / f"panoptic_{split}.json", index, sort_keys=True)
         folders[split] = d
     return folders
 
