@@ -194,6 +194,11 @@ def test_constructor_errors() -> None:
         HLENet("tiny", num_classes=3, aspp_rates=(0, 2))
     with pytest.raises(ValueError, match="sigma init must exceed its floor"):
         HLENet("tiny", num_classes=3, sigma_init=0.01)
+    with pytest.raises(ValueError, match="sigma floor must be >= 0, got -0.1"):
+        HLENet("tiny", num_classes=3, spatial_sigma_floor=-0.1)
+    model = HLENet("tiny", num_classes=3)
+    with pytest.raises(ValueError, match=r"images must be \[B, 3, H, W\], got \(1, 1, 8, 8\)"):
+        model(torch.zeros(1, 1, 8, 8))
 
 
 def test_tiny_model_size() -> None:

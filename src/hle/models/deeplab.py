@@ -48,6 +48,8 @@ def positive(raw: torch.Tensor, floor: float) -> torch.Tensor:
 
 def inverse_positive(value: float, floor: float) -> float:
     """The ``raw`` with ``positive(raw, floor) == value`` (for initialising biases)."""
+    if not floor >= 0:
+        raise ValueError(f"sigma floor must be >= 0, got {floor}")
     if not value > floor:
         raise ValueError(f"sigma init must exceed its floor {floor}, got {value}")
     y = value - floor
@@ -213,6 +215,8 @@ class HLENet(nn.Module):
             ``spatial_sigma`` ``[B, 1, h, w]`` (positive), ``seed [B, 1, h, w]`` in (0, 1),
             ``semantic_logits [B, C, h, w]`` or ``None``.
         """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         feats = self.backbone(images)
         low = self.low_level(feats["low"])
         high = self.aspp(feats["out"])
