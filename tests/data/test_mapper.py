@@ -150,5 +150,16 @@ def test_errors(tmp_path):
         PanopticMapper(MD, train=False)(dict(rec, file_name=str(tmp_path / "missing.png")))
     with pytest.raises(ValueError, match="crop_size"):
         PanopticMapper(MD, train=True, crop_size=(0, 4))
+    with pytest.raises(ValueError, match="jitter"):
+        PanopticMapper(MD, train=True, jitter=1.5)
     with pytest.raises(ValueError, match="min_scale"):
         PanopticMapper(MD, train=True, min_scale=2.0, max_scale=1.0)
+
+
+def test_jitter_strength_zero_equals_no_jitter(tmp_path):
+    rec, _ = _blocks_record(tmp_path)
+    args = dict(train=True, crop_size=(24, 24), seed=2)
+    none, zero = PanopticMapper(MD, jitter=False, **args), PanopticMapper(MD, jitter=0.0, **args)
+    strong = PanopticMapper(MD, jitter=0.5, **args)
+    assert torch.equal(none(rec, index=0)["image"], zero(rec, index=0)["image"])
+    assert not torch.equal(none(rec, index=0)["image"], strong(rec, index=0)["image"])

@@ -3,7 +3,7 @@
 :class:`PanopticMapper` turns one record into tensors: it reads the image and the
 panoptic PNG, applies the joint transforms of :mod:`hle.data.transforms`
 (max-side resize, random scale, crop with the paper's "crop around thing
-classes" (Sec. 4), flip, photometric jitter, normalisation) and builds
+classes" (Sec. 4.2), flip, photometric jitter, normalisation) and builds
 :class:`~hle.core.types.PanopticTargets` with :func:`hle.data.targets.panoptic_targets`.
 Randomness is a fresh generator per sample seeded by ``(seed, epoch, index)``, so
 the same sample of the same epoch gets the same augmentation in any worker, in
@@ -49,10 +49,12 @@ class PanopticMapper:
         crop_size: ``(h, w)`` training crop (padded with void when the scaled image
             is smaller), or ``None`` for no crop.
         crop_around_things: centre the crop on a random pixel of a random non-crowd
-            thing instance with probability ``thing_crop_prob`` (paper, Sec. 4).
+            thing instance with probability ``thing_crop_prob`` (paper, Sec. 4.2).
         thing_crop_prob: that probability.
         flip: random horizontal flip with probability 0.5.
-        jitter: random brightness / contrast / saturation.
+        jitter: random brightness / contrast / saturation: ``True`` for strength 0.3,
+            a float for another strength (each factor uniform in ``[1 - s, 1 + s]``),
+            ``False`` / ``0`` for none.
         max_side: shrink so the longer side is at most this before anything else
             (COCO 640, Vistas 2048 in the paper); ``None`` keeps the size.
         mean, std: RGB normalisation on the 0-1 scale.
@@ -72,7 +74,7 @@ class PanopticMapper:
         crop_around_things: bool = True,
         thing_crop_prob: float = 0.5,
         flip: bool = True,
-        jitter: bool = True,
+        jitter: bool | float = True,
         max_side: int | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -89,6 +91,9 @@ class PanopticMapper:
             raise ValueError(f"PanopticMapper: max_side must be positive or None, got {max_side}")
         if not 0.0 <= thing_crop_prob <= 1.0:
             raise ValueError(f"PanopticMapper: thing_crop_prob must be in [0, 1], got {thing_crop_prob}")
+        strength = 0.3 if jitter is True else float(jitter)
+        if not 0.0 <= strength < 1.0:
+            raise ValueError(f"PanopticMapper: jitter must be a bool or a strength in [0, 1), got {jitter!r}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"PanopticMapper: mean/std must be 3 values (std > 0), got {mean!r}, {std!r}")
         self.metadata = metadata
@@ -98,7 +103,7 @@ class PanopticMapper:
         self.crop_around_things = crop_around_things
         self.thing_crop_prob = float(thing_crop_prob)
         self.flip = flip
-        self.jitter = jitter
+        self.jitter = strength
         self.max_side = max_side
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -119,10 +124,11 @@ class PanopticMapper:
         return np.random.default_rng([self.seed, self.epoch, key])
 
     def _thing_center(self, panoptic: torch.Tensor, segments: Sequence[dict[str, Any]], rng: np.random.Generator) -> tuple[float, float] | None:
+        thing_classes = set(self.metadata.thing_train_ids)
         thing_ids = [
             int(s["id"])
             for s in segments
-            if not s.get("iscrowd", 0) and self.metadata.train_id(s["category_id"]) in set(self.metadata.thing_train_ids)
+            if not s.get("iscrowd", 0) and self.metadata.train_id(s["category_id"]) in thing_classes
         ]
         if not thing_ids:
             return None
@@ -176,8 +182,8 @@ class PanopticMapper:
                 image, pan = hflip_pair(image, pan)
                 if valid is not None:
                     valid = valid.flip(-1)
-            if self.jitter:
-                image = color_jitter(image, rng)
+            if self.jitter > 0:
+                image = color_jitter(image, rng, brightness=self.jitter, contrast=self.jitter, saturation=self.jitter)
         image = normalize(image, self.mean, self.std)
         if valid is not None:
             image = image * valid  # padding becomes the mean colour (0 after normalisation)
