@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hle.core.pq import PQStat, pq_image_stats, summarize_pq
+from hle.core.pq import PQStat, pq_image_stats, summarize_pq, targets_to_panoptic
 
 CATS = [{"id": 1, "name": "thing", "isthing": 1}, {"id": 2, "name": "stuff", "isthing": 0}]
 
@@ -234,3 +234,23 @@ def test_errors_name_image_and_problem(change, message):
     args = change(*tiny_case())
     with pytest.raises(ValueError, match=r"image 'img7': .*" + message):
         pq_image_stats(*args, [1, 2], image_id="img7")
+
+
+def test_targets_to_panoptic_by_hand():
+    sem = np.array([[0, 0, 1, 1], [0, 255, 1, 1], [2, 2, 2, 1]])
+    ins = np.array([[0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 0, 0]])
+    crowd = np.zeros_like(sem, dtype=bool)
+    crowd[2, 3] = True
+    pan, segs = targets_to_panoptic(torch.as_tensor(sem), ins, crowd)
+    by_id = {s["id"]: s for s in segs}
+    # stuff 0 (3 px), thing 1 instances 1 and 2, crowd of class 1, stuff 2; void stays 0
+    assert pan[1, 1] == 0
+    groups = {(by_id[i]["category_id"], by_id[i]["iscrowd"], tuple(np.argwhere(pan == i).ravel()))
+              for i in by_id}
+    assert groups == {
+        (0, 0, (0, 0, 0, 1, 1, 0)),
+        (1, 0, (0, 2, 0, 3)),
+        (1, 0, (1, 2, 1, 3)),
+        (1, 1, (2, 3)),
+        (2, 0, (2, 0, 2, 1, 2, 2)),
+    }

@@ -4,7 +4,8 @@ This module owns the arithmetic of panoptic evaluation (Supplementary A, Eqs. A-
 ground-truth and a predicted id map plus their ``segments_info`` it produces a
 :class:`PQStat` — per-category sums that add (``+=``) across images, workers and
 processes — and :func:`summarize_pq` turns accumulated sums into the panopticapi result
-layout. Semantics follow panopticapi / cityscapesScripts exactly: id ``0`` is VOID, crowd
+layout (:func:`targets_to_panoptic` builds a ground-truth id map from per-pixel targets).
+Semantics follow panopticapi / cityscapesScripts exactly: id ``0`` is VOID, crowd
 ground-truth segments are never matched, a pair matches when IoU > 0.5, the IoU union leaves
 out the predicted pixels lying on VOID, and an unmatched prediction is a false positive only
 if at most half of it lies on VOID or on the crowd region of its own class. Everything is
@@ -338,6 +339,53 @@ def pq_image_stats(
     np.add.at(stat.confusion, (rows, cols), inter[labelled])
     stat.n_images = 1
     return stat
+
+
+def targets_to_panoptic(
+    semantic: Any,
+    instance: Any,
+    crowd: Any = None,
+    *,
+    ignore_label: int = 255,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Ground-truth id map + ``segments_info`` from per-pixel targets (for the streaming evaluator).
+
+    One segment per stuff class (pixels with ``instance == 0``), one per thing instance
+    (``instance > 0``), and one ``iscrowd`` segment per class for crowd pixels; ignored
+    pixels become VOID. Category ids are the semantic (train) ids; ids start at 1.
+
+    Args:
+        semantic: ``[H, W]`` integer class ids, ``ignore_label`` on void.
+        instance: ``[H, W]`` integer instance index, 0 = none (stuff, void or crowd).
+        crowd: optional ``[H, W]`` bool crowd mask.
+        ignore_label: semantic label of void pixels.
+
+    Returns:
+        ``(panoptic [H, W] int64, segments_info)`` with ``id, category_id, iscrowd`` per segment.
+    """
+    sem = to_numpy(semantic).astype(np.int64)
+    ins = to_numpy(instance).astype(np.int64)
+    if sem.ndim != 2 or sem.shape != ins.shape:
+        raise ValueError(
+            f"targets_to_panoptic: expected semantic and instance of the same [H, W] shape, "
+            f"got {tuple(sem.shape)} and {tuple(ins.shape)}"
+        )
+    is_crowd = np.zeros(sem.shape, dtype=bool) if crowd is None else to_numpy(crowd).astype(bool)
+    if is_crowd.shape != sem.shape:
+        raise ValueError(f"targets_to_panoptic: crowd must be {tuple(sem.shape)}, got {tuple(is_crowd.shape)}")
+    valid = sem != ignore_label
+    ins = np.where(is_crowd, 0, ins)
+    # key = (class, crowd flag, instance): one segment per distinct key among valid pixels
+    n_ins = int(ins.max(initial=0)) + 1
+    key = (sem * 2 + is_crowd) * n_ins + ins
+    keys, inverse = np.unique(key[valid], return_inverse=True)
+    pan = np.zeros(sem.shape, dtype=np.int64)
+    pan[valid] = inverse.ravel() + 1
+    segments = [
+        {"id": k + 1, "category_id": int(kk // n_ins // 2), "iscrowd": int(kk // n_ins % 2)}
+        for k, kk in enumerate(keys.tolist())
+    ]
+    return pan, segments
 
 
 def category_table(categories: Any) -> dict[int, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Panoptic evaluation: PQ / PQ† / PC / mIoU / mask AP, streaming evaluator, result writers."""
 from __future__ import annotations
 
-from hle.core.pq import PQStat, pq_image_stats, summarize_pq
+from hle.core.pq import PQStat, pq_image_stats, summarize_pq, targets_to_panoptic
 from hle.evaluation.ap import MaskAPAccumulator
 from hle.evaluation.panoptic import (
     PanopticEvaluator,
@@ -39,4 +39,5 @@ __all__ = [
     "pq_compute",
     "pq_image_stats",
     "summarize_pq",
+    "targets_to_panoptic",
 ]
