@@ -31,7 +31,7 @@ def _check_outputs(out: HLEOutputs, b: int, d: int, h: int, w: int, c: int | Non
 
 @pytest.mark.parametrize(
     "backbone",
-    ["tiny", "mobilenet_v2", "resnet50", pytest.param("resnet101", marks=pytest.mark.slow)],
+    ["tiny", "mobilenet_v2", "resnet50", "resnet101"],
 )
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_shapes_and_ranges(backbone: str, output_stride: int) -> None:
@@ -207,7 +207,6 @@ def test_tiny_model_size() -> None:
     assert 0.5e6 <= n <= 1.5e6
 
 
-@pytest.mark.slow
 def test_exports_with_dynamic_shapes() -> None:
     # torch.export refuses data-dependent Python control flow, the same property ONNX export
     # needs; dynamic H and W check that no size is baked in. (The minimum of 32 keeps the
