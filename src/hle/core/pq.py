@@ -425,11 +425,14 @@ def summarize_pq(stat: PQStat, categories: Any) -> dict[str, Any]:
         * PQ/SQ/RQ per class as in Eq. (A); a class enters the average (and ``n``) when
           ``tp + fp + fn > 0``, exactly like panopticapi (classes without any segment get
           0 in ``per_class``). An empty average is 0 with ``n = 0``.
-        * ``pq_dagger`` (PQ†, Porzi et al. 2019): per class PQ for things and, for stuff,
-          the IoU threshold relaxed to 0 over the whole dataset, i.e. the class's semantic
-          IoU ``TP_px / (TP_px + FP_px + FN_px)`` from the pixel confusion matrix (gt VOID
-          pixels ignored, predicted VOID counts as a miss). A thing class enters the average
-          as in PQ; a stuff class when it occurs in gt or prediction.
+        * ``pq_dagger`` (PQ†, Porzi et al. 2019, Supplementary A): thing classes keep
+          ``PQ_c``; for a stuff class the 0.5 IoU threshold is dropped and, as in Porzi et
+          al.'s definition, the class is scored by its IoU accumulated over the whole
+          dataset: ``IoU_c = TP_px / (TP_px + FP_px + FN_px)`` from the pixel confusion
+          matrix (gt VOID pixels ignored, predicted VOID counts as a miss). This is *not*
+          per-image PQ with threshold 0 (which would average per-image IoUs and count
+          non-overlapping stuff as FP + FN). A thing class enters the average as in PQ, a
+          stuff class when it occurs in gt or prediction.
         * ``pc`` (Parsing Covering, Eq. B): per class ``pc_iou / pc_area``, averaged over the
           classes with gt area (DeeperLab's convention).
         * ``miou``: per class semantic IoU from the confusion matrix, averaged over the

@@ -44,14 +44,29 @@ def _unpack(item: Any) -> tuple[Any, Any, Sequence[Mapping[str, Any]]]:
 def _segment_geometry(pan: np.ndarray) -> dict[int, tuple[int, list[int]]]:
     """Area and ``[x, y, w, h]`` bbox of every non-VOID id of ``[H, W]`` ``pan``, vectorised."""
     h, w = pan.shape
-    ids, inverse, areas = np.unique(pan.ravel(), return_inverse=True, return_counts=True)
-    rows = np.repeat(np.arange(h), w)
-    cols = np.tile(np.arange(w), h)
-    big = np.iinfo(np.int64).max
-    x0 = np.full(ids.size, big); y0 = np.full(ids.size, big)
-    x1 = np.full(ids.size, -1); y1 = np.full(ids.size, -1)
-    np.minimum.at(x0, inverse, cols); np.minimum.at(y0, inverse, rows)
-    np.maximum.at(x1, inverse, cols); np.maximum.at(y1, inverse, rows)
+    if pan.size == 0:
+        return {}
+    if int(pan.max()) < 4 * pan.size:
+        # Decoder ids are small: a bincount table is O(H W), no sort.
+        counts = np.bincount(pan.ravel())
+        ids = np.flatnonzero(counts)
+        areas = counts[ids]
+        remap = np.zeros(counts.size, dtype=np.int64)
+        remap[ids] = np.arange(ids.size)
+        inverse = remap[pan]
+    else:
+        ids = np.unique(pan)
+        inverse = np.searchsorted(ids, pan)
+        areas = np.bincount(inverse.ravel(), minlength=ids.size)
+    # Which rows / columns each id occupies: [n_ids, W] and [n_ids, H] occupancy tables.
+    in_col = np.zeros((ids.size, w), dtype=bool)
+    in_row = np.zeros((ids.size, h), dtype=bool)
+    in_col[inverse, np.arange(w)[None, :]] = True
+    in_row[inverse, np.arange(h)[:, None]] = True
+    x0 = in_col.argmax(1)
+    x1 = w - 1 - in_col[:, ::-1].argmax(1)
+    y0 = in_row.argmax(1)
+    y1 = h - 1 - in_row[:, ::-1].argmax(1)
     return {
         int(i): (int(a), [int(x0[k]), int(y0[k]), int(x1[k] - x0[k] + 1), int(y1[k] - y0[k] + 1)])
         for k, (i, a) in enumerate(zip(ids, areas)) if i != VOID
