@@ -12,6 +12,7 @@ from hle.data.transforms import (
     hflip_pair,
     max_side_size,
     normalize,
+    resize_crop_pair,
     resize_labels,
     resize_pair,
 )
@@ -97,3 +98,22 @@ def test_color_jitter_stays_in_range_and_is_seeded():
 def test_normalize():
     out = normalize(torch.ones(3, 2, 2) * 0.5, (0.5, 0.25, 0.0), (1.0, 0.5, 2.0))
     assert torch.allclose(out[:, 0, 0], torch.tensor([0.0, 0.5, 0.25]))
+
+
+@pytest.mark.parametrize(
+    "size, window",
+    [
+        ((25, 40), (3, 5, 10, 12)),  # enlarge, window inside
+        ((33, 51), (-4, 40, 20, 20)),  # enlarge, window sticks out (padding)
+        ((11, 17), (0, 0, 11, 17)),  # same size
+        ((8, 30), (-2, 3, 12, 9)),  # shrink one side: falls back to full resize
+    ],
+)
+def test_resize_crop_pair_equals_resize_then_crop(size, window):
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 11, 17, generator=gen)
+    labels = torch.randint(0, 50, (11, 17), generator=gen)
+    img_a, lab_a, valid_a = resize_crop_pair(image, labels, *size, *window)
+    img_b, lab_b, valid_b = crop_pair(*resize_pair(image, labels, *size), *window)
+    assert torch.equal(lab_a, lab_b) and torch.equal(valid_a, valid_b)
+    assert torch.allclose(img_a, img_b, atol=1e-5)

@@ -29,10 +29,10 @@ from hle.data.transforms import (
     IMAGENET_STD,
     choose_crop,
     color_jitter,
-    crop_pair,
     hflip_pair,
     max_side_size,
     normalize,
+    resize_crop_pair,
     resize_pair,
     scaled_size,
 )
@@ -171,13 +171,19 @@ class PanopticMapper:
         valid: torch.Tensor | None = None
         if self.train:
             scale = rng.uniform(self.min_scale, self.max_scale)
-            image, pan = resize_pair(image, pan, *scaled_size(*pan.shape, scale))
-            if self.crop_size is not None:
+            src_h, src_w = pan.shape
+            out_h, out_w = scaled_size(src_h, src_w, scale)
+            if self.crop_size is None:
+                image, pan = resize_pair(image, pan, out_h, out_w)
+            else:
                 center = None
                 if self.crop_around_things and rng.random() < self.thing_crop_prob:
                     center = self._thing_center(pan, segments, rng)
-                top, left = choose_crop(*pan.shape, *self.crop_size, rng, center=center)
-                image, pan, valid = crop_pair(image, pan, top, left, *self.crop_size)
+                    if center is not None:  # source pixel -> its centre in the scaled image
+                        center = ((center[0] + 0.5) * out_h / src_h - 0.5, (center[1] + 0.5) * out_w / src_w - 0.5)
+                top, left = choose_crop(out_h, out_w, *self.crop_size, rng, center=center)
+                # Scale and crop in one step: an enlarged full image is never built.
+                image, pan, valid = resize_crop_pair(image, pan, out_h, out_w, top, left, *self.crop_size)
             if self.flip and rng.random() < 0.5:
                 image, pan = hflip_pair(image, pan)
                 if valid is not None:

@@ -60,6 +60,77 @@ def resize_pair(
     return resize_image(image, height, width), resize_labels(labels, height, width)
 
 
+def _source_positions(start: int, count: int, in_size: int, out_size: int) -> torch.Tensor:
+    """Source coordinates of output pixels ``start .. start+count-1`` of a resize ``in_size -> out_size``.
+
+    Pixel-centre convention of ``F.interpolate(..., align_corners=False)``:
+    ``src = (dst + 0.5) * in / out - 0.5``.
+    """
+    dst = torch.arange(start, start + count, dtype=torch.float64)
+    return (dst + 0.5) * (in_size / out_size) - 0.5
+
+
+def _bilinear_axis(x: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """Linear interpolation of ``x`` along ``dim`` at float positions ``pos`` (clamped like PyTorch)."""
+    size = x.shape[dim]
+    pos = pos.clamp(min=0.0)
+    i0 = pos.floor().long().clamp(max=size - 1)
+    i1 = (i0 + 1).clamp(max=size - 1)
+    frac = (pos - i0).clamp(0.0, 1.0).to(x.dtype)
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    frac = frac.view(shape)
+    return x.index_select(dim, i0) * (1 - frac) + x.index_select(dim, i1) * frac
+
+
+def resize_crop_pair(
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    height: int,
+    width: int,
+    top: int,
+    left: int,
+    crop_h: int,
+    crop_w: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``crop_pair(*resize_pair(image, labels, height, width), top, left, crop_h, crop_w)`` without the big image.
+
+    When enlarging (the expensive case: a 2x Cityscapes image is 2048x4096), only the
+    pixels of the crop window are interpolated, at the very sample positions a full
+    resize would use, so the result equals resize-then-crop. When shrinking along
+    either side, the full (smaller, antialiased) resize is done and then cropped.
+
+    Args:
+        image: ``[3, H, W]`` float image.
+        labels: ``[H, W]`` int64 map.
+        height, width: size of the (virtual) resized image.
+        top, left, crop_h, crop_w: the crop window in resized coordinates (may extend outside: padded).
+
+    Returns:
+        ``(image [3, crop_h, crop_w], labels [crop_h, crop_w], valid [crop_h, crop_w] bool)`` as :func:`crop_pair`.
+    """
+    h, w = labels.shape
+    if height < h or width < w:
+        return crop_pair(*resize_pair(image, labels, height, width), top, left, crop_h, crop_w)
+    out_img = image.new_zeros((image.shape[0], crop_h, crop_w))
+    out_lab = labels.new_zeros((crop_h, crop_w))
+    valid = torch.zeros((crop_h, crop_w), dtype=torch.bool)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + crop_h, height), min(left + crop_w, width)
+    if y1 <= y0 or x1 <= x0:
+        return out_img, out_lab, valid
+    rows = _source_positions(y0, y1 - y0, h, height)
+    cols = _source_positions(x0, x1 - x0, w, width)
+    patch = _bilinear_axis(_bilinear_axis(image, rows, 1), cols, 2)
+    # Nearest for labels: the input pixel containing the output pixel's centre (as resize_labels).
+    r = (rows + 0.5).floor().long().clamp_(0, h - 1)
+    c = (cols + 0.5).floor().long().clamp_(0, w - 1)
+    out_img[:, y0 - top : y1 - top, x0 - left : x1 - left] = patch
+    out_lab[y0 - top : y1 - top, x0 - left : x1 - left] = labels[r[:, None], c[None, :]]
+    valid[y0 - top : y1 - top, x0 - left : x1 - left] = True
+    return out_img, out_lab, valid
+
+
 def choose_crop(
     height: int,
     width: int,
