@@ -254,7 +254,7 @@ def pq_image_stats(
             )
     n_g, n_p = g_ids.size, p_ids.size
 
-    # One sort over all pixels gives every non-empty (gt segment, pred segment) intersection.
+    # One np.unique over all pixels gives every non-empty (gt segment, pred segment) intersection.
     offset = int(pred.max(initial=0)) + 1
     codes, inter = np.unique(gt * offset + pred, return_counts=True)
     pair_g_id, pair_p_id = codes // offset, codes % offset

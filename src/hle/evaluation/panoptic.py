@@ -199,7 +199,9 @@ def pq_compute(
     ``file_name`` (a PNG in the folder) and ``segments_info``; ids are
     ``R + 256 G + 256^2 B``, 0 = VOID; categories come from the ground-truth JSON; folders
     default to the JSON path without ``.json``. Ground-truth areas are counted from the PNGs
-    (panopticapi reads them from the JSON; both agree on well-formed files).
+    (panopticapi reads them from the JSON; both agree on well-formed files). Stricter than
+    panopticapi, a ground-truth segment listed in the JSON but absent from its PNG is an error
+    (panopticapi would count it as a false negative), as are unknown ground-truth categories.
 
     Args:
         gt_json, pred_json: paths to the JSON files (or already loaded dicts, then the
