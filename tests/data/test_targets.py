@@ -86,3 +86,13 @@ def test_segments_in_map_recomputes_area_and_bbox(scene):
     assert out[21]["area"] == 4 and out[21]["bbox"] == [2, 1, 2, 2]
     assert out[30]["area"] == 1 and out[30]["bbox"] == [3, 0, 1, 1]
     assert out[10]["area"] == 3
+
+
+def test_segment_lookup_against_loop():
+    from hle.data.targets import segment_lookup
+
+    pan = torch.tensor([[5, 9, 0], [7, 5, 3]])
+    ids = [9, 5, 7]
+    expected = [[ids.index(v) if v in ids else -1 for v in row] for row in pan.tolist()]
+    assert segment_lookup(pan, ids).tolist() == expected
+    assert (segment_lookup(pan, []) == -1).all()

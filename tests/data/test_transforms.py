@@ -116,4 +116,4 @@ def test_resize_crop_pair_equals_resize_then_crop(size, window):
     img_a, lab_a, valid_a = resize_crop_pair(image, labels, *size, *window)
     img_b, lab_b, valid_b = crop_pair(*resize_pair(image, labels, *size), *window)
     assert torch.equal(lab_a, lab_b) and torch.equal(valid_a, valid_b)
-    assert torch.allclose(img_a, img_b, atol=1e-5)
+    assert torch.allclose(img_a, img_b, atol=1e-4)  # float32 sample positions in grid_sample

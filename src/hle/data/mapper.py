@@ -23,7 +23,7 @@ from hle.core.kernels import IGNORE_LABEL
 from hle.core.types import PanopticTargets
 from hle.data.metadata import Metadata
 from hle.data.panoptic_io import read_image, read_panoptic
-from hle.data.targets import panoptic_targets, segments_in_map
+from hle.data.targets import panoptic_targets, segment_lookup, segments_in_map
 from hle.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -132,12 +132,13 @@ class PanopticMapper:
         ]
         if not thing_ids:
             return None
-        present = torch.isin(torch.tensor(thing_ids), torch.unique(panoptic)).numpy()
-        candidates = [t for t, p in zip(thing_ids, present) if p]
+        row = segment_lookup(panoptic, thing_ids)
+        counts = torch.bincount(row.reshape(-1) + 1, minlength=len(thing_ids) + 1)[1:]
+        candidates = torch.nonzero(counts).flatten().tolist()
         if not candidates:
             return None
-        sid = candidates[int(rng.integers(len(candidates)))]
-        pixels = torch.nonzero(panoptic == sid)
+        k = candidates[int(rng.integers(len(candidates)))]  # a random instance, whatever its size
+        pixels = torch.nonzero(row == k)
         r, c = pixels[int(rng.integers(len(pixels)))].tolist()
         return float(r), float(c)
 

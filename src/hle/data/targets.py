@@ -17,6 +17,29 @@ from hle.core.types import PanopticTargets
 from hle.data.metadata import Metadata
 
 
+def segment_lookup(panoptic: torch.Tensor, segment_ids: Sequence[int]) -> torch.Tensor:
+    """Position in ``segment_ids`` of every pixel's segment, ``-1`` where it is not listed.
+
+    One sort of the (few) ids and one ``searchsorted`` over the pixels, no per-segment loop.
+
+    Args:
+        panoptic: ``[H, W]`` int64 segment ids.
+        segment_ids: ``[S]`` distinct ids.
+
+    Returns:
+        ``[H, W]`` int64 in ``-1 .. S-1``.
+    """
+    flat = panoptic.reshape(-1)
+    if len(segment_ids) == 0:
+        return torch.full_like(panoptic, -1)
+    ids = torch.as_tensor(list(segment_ids), dtype=torch.int64)
+    order = torch.argsort(ids)
+    sorted_ids = ids[order]
+    pos = torch.searchsorted(sorted_ids, flat).clamp_(max=len(ids) - 1)
+    hit = sorted_ids[pos] == flat
+    return torch.where(hit, order[pos], torch.full_like(pos, -1)).reshape(panoptic.shape)
+
+
 def panoptic_targets(
     panoptic: torch.Tensor, segments_info: Sequence[dict[str, Any]], metadata: Metadata
 ) -> PanopticTargets:
@@ -37,50 +60,42 @@ def panoptic_targets(
         raise ValueError(f"panoptic_targets: panoptic must be [H, W], got shape {tuple(panoptic.shape)}")
     panoptic = panoptic.to(torch.int64)
     ignore_label = metadata.ignore_label
-    is_thing_class = metadata.is_thing
-    present = set(torch.unique(panoptic).tolist())
-    seg_ids: list[int] = []
-    seg_sem: list[int] = []
-    seg_inst: list[int] = []
-    seg_thing: list[bool] = []
-    seg_crowd: list[bool] = []
+    is_thing_class = metadata.is_thing.tolist()
+    segments: dict[int, dict[str, Any]] = {}
+    for s in segments_info:  # first listing of an id wins; id 0 is void by definition
+        if int(s["id"]) != 0:
+            segments.setdefault(int(s["id"]), s)
+    seg_ids = list(segments)
+    row = segment_lookup(panoptic, seg_ids)
+    present = torch.bincount(row.reshape(-1) + 1, minlength=len(seg_ids) + 1)[1:] > 0
+    # Per segment (row of the tables): class, instance number, thing and crowd flags; the
+    # last row (index -1 of the lookup) describes void.
+    sem, inst, thing, crowd = [], [], [], []
     next_instance = 1
-    for s in segments_info:
-        sid = int(s["id"])
-        if sid == 0 or sid not in present or sid in seg_ids:
-            continue
+    for sid, is_present in zip(seg_ids, present.tolist()):
+        s = segments[sid]
         tid = metadata.train_id(s["category_id"])
-        thing = tid != ignore_label and bool(is_thing_class[tid])
-        crowd = thing and bool(s.get("iscrowd", 0))
-        inst = 0
-        if thing and not crowd:
-            inst = next_instance
+        th = tid != ignore_label and bool(is_thing_class[tid])
+        cr = th and bool(s.get("iscrowd", 0))
+        number = 0
+        if th and not cr and is_present:  # numbered over the segments left after cropping
+            number = next_instance
             next_instance += 1
-        seg_ids.append(sid)
-        seg_sem.append(tid)
-        seg_inst.append(inst)
-        seg_thing.append(thing)
-        seg_crowd.append(crowd)
-
-    semantic = torch.full_like(panoptic, ignore_label)
-    instance = torch.zeros_like(panoptic)
-    thing = torch.zeros(panoptic.shape, dtype=torch.bool)
-    crowd = torch.zeros(panoptic.shape, dtype=torch.bool)
-    if seg_ids:
-        # One sort + searchsorted maps every pixel to its segment row without a per-segment loop.
-        ids = torch.tensor(seg_ids, dtype=torch.int64)
-        order = torch.argsort(ids)
-        sorted_ids = ids[order]
-        pos = torch.searchsorted(sorted_ids, panoptic.reshape(-1)).clamp_(max=len(seg_ids) - 1)
-        hit = sorted_ids[pos] == panoptic.reshape(-1)
-        row = order[pos]
-        table = lambda values, dtype: torch.tensor(values, dtype=dtype)[row]  # noqa: E731
-        semantic = torch.where(hit, table(seg_sem, torch.int64), semantic.reshape(-1)).reshape(panoptic.shape)
-        instance = torch.where(hit, table(seg_inst, torch.int64), instance.reshape(-1)).reshape(panoptic.shape)
-        thing = (hit & table(seg_thing, torch.bool)).reshape(panoptic.shape)
-        crowd = (hit & table(seg_crowd, torch.bool)).reshape(panoptic.shape)
-    ignore = semantic == ignore_label
-    return PanopticTargets(semantic=semantic, instance=instance, thing=thing, ignore=ignore, crowd=crowd)
+        sem.append(tid)
+        inst.append(number)
+        thing.append(th)
+        crowd.append(cr)
+    sem.append(ignore_label)
+    inst.append(0)
+    thing.append(False)
+    crowd.append(False)
+    return PanopticTargets(
+        semantic=torch.tensor(sem, dtype=torch.int64)[row],
+        instance=torch.tensor(inst, dtype=torch.int64)[row],
+        thing=torch.tensor(thing, dtype=torch.bool)[row],
+        ignore=torch.tensor([t == ignore_label for t in sem], dtype=torch.bool)[row],
+        crowd=torch.tensor(crowd, dtype=torch.bool)[row],
+    )
 
 
 def segments_in_map(panoptic: torch.Tensor, segments_info: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

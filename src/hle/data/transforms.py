@@ -70,17 +70,17 @@ def _source_positions(start: int, count: int, in_size: int, out_size: int) -> to
     return (dst + 0.5) * (in_size / out_size) - 0.5
 
 
-def _bilinear_axis(x: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tensor:
-    """Linear interpolation of ``x`` along ``dim`` at float positions ``pos`` (clamped like PyTorch)."""
-    size = x.shape[dim]
-    pos = pos.clamp(min=0.0)
-    i0 = pos.floor().long().clamp(max=size - 1)
-    i1 = (i0 + 1).clamp(max=size - 1)
-    frac = (pos - i0).clamp(0.0, 1.0).to(x.dtype)
-    shape = [1] * x.dim()
-    shape[dim] = -1
-    frac = frac.view(shape)
-    return x.index_select(dim, i0) * (1 - frac) + x.index_select(dim, i1) * frac
+def _bilinear_at(image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``[C, H, W]`` at the grid ``rows x cols`` of source positions -> ``[C, n_rows, n_cols]``.
+
+    ``grid_sample`` with border padding clamps positions into the image exactly as
+    ``F.interpolate`` does at the edges (up to float32 rounding of the positions).
+    """
+    h, w = image.shape[-2:]
+    gy = ((2.0 * rows + 1.0) / h - 1.0).to(image.dtype)
+    gx = ((2.0 * cols + 1.0) / w - 1.0).to(image.dtype)
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # [1, n_rows, n_cols, (x, y)]
+    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
 
 
 def resize_crop_pair(
@@ -121,7 +121,7 @@ def resize_crop_pair(
         return out_img, out_lab, valid
     rows = _source_positions(y0, y1 - y0, h, height)
     cols = _source_positions(x0, x1 - x0, w, width)
-    patch = _bilinear_axis(_bilinear_axis(image, rows, 1), cols, 2)
+    patch = _bilinear_at(image, rows, cols)
     # Nearest for labels: the input pixel containing the output pixel's centre (as resize_labels).
     r = (rows + 0.5).floor().long().clamp_(0, h - 1)
     c = (cols + 0.5).floor().long().clamp_(0, w - 1)
