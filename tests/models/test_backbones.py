@@ -41,26 +41,27 @@ def _stride_dilation_of_3x3(module: nn.Module) -> list[tuple[int, int]]:
     ]
 
 
-@pytest.mark.parametrize("output_stride", [8, 16])
-def test_mobilenet_v2_dilation_follows_resnet_convention(output_stride: int) -> None:
-    # Hand-written from MobileNetV2's table (strides of features[0..17]: 2,1,2,1,2,1,1,2,1,1,1,
-    # 1,1,1,2,1,1,1): the first stride that would exceed the output stride becomes 1 and keeps
-    # the old dilation; every later 3x3 conv is dilated by 2 (and again by 2 at the next stride).
-    strides = [2, 1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]
-    expected, stride, dilation = [], 1, 1
-    for s in strides:
-        if s == 2 and stride < output_stride:
-            stride *= 2
-            expected.append((2, 1))
-        elif s == 2:
-            expected.append((1, dilation))
-            dilation *= 2
-        else:
-            expected.append((1, dilation))
+# (stride, dilation) of the 3x3 conv of features[0..17], hand-written from MobileNetV2's
+# table (strides 2,1,2,1,2,1,1,2,1,1,1,1,1,1,2,1,1,1): the first stride that would exceed the
+# output stride becomes 1 and keeps the old dilation; every later 3x3 conv is dilated 2x more.
+MNV2_OS16 = [(2, 1), (1, 1), (2, 1), (1, 1), (2, 1), (1, 1), (1, 1), (2, 1)] + [(1, 1)] * 6 + [
+    (1, 1), (1, 2), (1, 2), (1, 2)
+]
+MNV2_OS8 = [(2, 1), (1, 1), (2, 1), (1, 1), (2, 1), (1, 1), (1, 1), (1, 1)] + [(1, 2)] * 6 + [
+    (1, 2), (1, 4), (1, 4), (1, 4)
+]
+
+
+@pytest.mark.parametrize("output_stride, expected", [(8, MNV2_OS8), (16, MNV2_OS16)])
+def test_mobilenet_v2_dilation_follows_resnet_convention(
+    output_stride: int, expected: list[tuple[int, int]]
+) -> None:
     body = build_backbone("mobilenet_v2", output_stride).body
     assert _stride_dilation_of_3x3(body) == expected
-    if output_stride == 16:
-        assert expected[14:] == [(1, 1), (1, 2), (1, 2), (1, 2)]
+    # Padding equals dilation so that every stride-1 conv keeps the map size.
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+            assert m.padding == m.dilation
 
 
 def test_resnet_uses_torchvision_dilation() -> None:
