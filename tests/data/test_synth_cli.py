@@ -18,3 +18,11 @@ def test_synth_cli_rejects_bad_values(tmp_path, capsys):
     parser = add_synth_arguments(argparse.ArgumentParser(prog="hle synth"))
     assert run_synth(parser.parse_args(["--out", str(tmp_path), "--num", "2", "--height", "8"])) == 2
     assert "--height must be >= 32" in capsys.readouterr().err
+
+
+def test_synth_cli_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    parser = add_synth_arguments(argparse.ArgumentParser(prog="hle synth"))
+    assert run_synth(parser.parse_args(["--out", str(blocker / "sub"), "--num", "1"])) == 1
+    assert "cannot write" in capsys.readouterr().err

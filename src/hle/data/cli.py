@@ -29,7 +29,11 @@ def run_synth(args: argparse.Namespace) -> int:
         if value < low:
             print(f"hle synth: {flag} must be >= {low}, got {value}", file=sys.stderr)
             return 2
-    folders = generate_synthetic(args.out, args.num, num_val, height=args.height, width=args.width, seed=args.seed)
+    try:
+        folders = generate_synthetic(args.out, args.num, num_val, height=args.height, width=args.width, seed=args.seed)
+    except OSError as e:  # unwritable or full output folder: a user problem, one line
+        print(f"hle synth: cannot write to {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"synthetic dataset: {args.num} train / {num_val} val images of {args.height}x{args.width} in {args.out} "
           f"({', '.join(str(p) for p in folders.values())})")
     return 0
