@@ -354,3 +354,21 @@ def test_random_small_inputs_against_reference() -> None:
         labs = [rng.random() < 0.5 for _ in range(p)]
         got = lovasz_rows(torch.tensor([errs], dtype=D64), torch.tensor([labs]))
         assert abs(float(got[0]) - lovasz_reference(errs, labs)) < 1e-9, trial
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_binary_rows_gradcheck_and_invalid_pixels_get_no_gradient(prune: bool) -> None:
+    gen = torch.Generator().manual_seed(16)
+    labels = torch.zeros(3, 14, dtype=torch.bool)
+    labels[0, :3] = True
+    labels[1, 6:8] = True                                   # row 2 has no foreground
+    probas = torch.where(labels, 0.5 + 0.5 * torch.rand(3, 14, generator=gen, dtype=D64),
+                         0.55 * torch.rand(3, 14, generator=gen, dtype=D64)).requires_grad_()
+    valid = torch.rand(3, 14, generator=gen) < 0.8
+    assert torch.autograd.gradcheck(
+        lambda p: lovasz_binary_rows(p, labels, valid, prune=prune), (probas,))
+    (grad,) = torch.autograd.grad(lovasz_binary_rows(probas, labels, valid, prune=prune).sum(), probas)
+    assert bool((grad[~valid] == 0).all())
+    errors = torch.where(labels, 1 - probas, probas).detach()
+    torch.testing.assert_close(lovasz_binary_rows(probas, labels, valid, prune=prune).detach(),
+                               reference_rows(errors, labels, valid), atol=1e-6, rtol=0)

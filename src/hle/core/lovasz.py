@@ -84,6 +84,107 @@ def _as_row_mask(mask: torch.Tensor, shape: torch.Size, name: str) -> torch.Tens
     return mask.expand(shape)
 
 
+def _prune(err: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+    """``[M, P]`` bool mask of the pixels that can carry a non-zero Lovász weight.
+
+    With foreground in the row, background pixels whose error is below the smallest
+    foreground error come after every foreground pixel in the sorted order, where the
+    intersection is empty and the weight is 0. Without foreground only the largest
+    error matters (the first false positive takes the Jaccard loss from 0 to 1).
+    Ties are free to go either way: the extension's value does not depend on them.
+    """
+    big = torch.finfo(err.dtype).max
+    has_fg = fg.any(-1, keepdim=True)
+    min_fg = torch.where(fg, err, err.new_full((), big)).amin(-1, keepdim=True)
+    keep = err > min_fg
+    keep |= fg
+    if not bool(has_fg.all()):
+        max_err = err.amax(-1, keepdim=True)
+        keep = torch.where(has_fg, keep, (err >= max_err) & (err > 0))
+    return keep
+
+
+class _LovaszRows(torch.autograd.Function):
+    """Row-wise Lovász extension whose backward scatters the saved sorted weights.
+
+    The extension is piecewise linear: its gradient w.r.t. the error of the pixel at
+    sorted position i is ``Delta_i``. Saving (column, weight) pairs of the sorted pixels
+    and scattering them in backward avoids an autograd graph through masking,
+    compaction, sort and gather, each of which would cost passes over ``[M, P]``.
+
+    ``values`` are the errors themselves, or with ``on_probas`` foreground probabilities
+    whose errors are ``1 - p`` / ``p`` (Eq. 4, gradient sign -1 / +1).
+    """
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor | None,  # type: ignore[override]
+                prune: bool, on_probas: bool) -> torch.Tensor:
+        m, p = values.shape
+        ctx.shape = (m, p)
+        if valid is not None:
+            fg = fg & valid
+        if on_probas:
+            errors = torch.where(fg, 1.0 - values, values)
+        else:
+            errors = values.clone()
+        if valid is not None:
+            # Invalid pixels become error-0 background: sorted last, weightless.
+            errors.masked_fill_(~valid, 0.0)
+        real = valid
+        if prune:
+            keep = _prune(errors, fg)
+            counts = keep.sum(-1)
+            width = int(counts.max())
+        if prune and width < _COMPACT_FRACTION * p:
+            rows, cols = keep.nonzero(as_tuple=True)
+            # nonzero is row-major, so a pixel's slot is its rank inside its row.
+            starts = counts.cumsum(0) - counts
+            slot = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+            index = (rows, slot)
+            errors = errors.new_zeros(m, width).index_put_(index, errors[rows, cols])
+            fg = fg.new_zeros(m, width).index_put_(index, fg[rows, cols])
+            cols_c = cols.new_zeros(m, width).index_put_(index, cols)
+            real = torch.arange(width, device=errors.device)[None, :] < counts[:, None]
+        else:
+            cols_c = None
+        errors_sorted, perm = torch.sort(errors, dim=-1, descending=True)
+        fg_sorted = torch.gather(fg, -1, perm)
+        grad = lovasz_grad(fg_sorted.to(errors.dtype))
+        loss = (errors_sorted * grad).sum(-1)
+        if real is not None:
+            # Padding and invalid pixels get no gradient (in the compact layout padding
+            # points at column 0 and scatter_add adds its 0 there harmlessly).
+            grad = grad * torch.gather(real.expand(errors.shape), -1, perm)
+        if on_probas:
+            grad = torch.where(fg_sorted, -grad, grad)
+        cols_sorted = perm if cols_c is None else torch.gather(cols_c, -1, perm)
+        ctx.save_for_backward(cols_sorted, grad)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor):  # type: ignore[override]
+        cols_sorted, grad = ctx.saved_tensors
+        out = grad.new_zeros(ctx.shape).scatter_add_(-1, cols_sorted, grad * grad_loss[:, None])
+        return out, None, None, None, None
+
+
+def _rows_call(values: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None,
+               prune: bool, on_probas: bool, name: str) -> torch.Tensor:
+    if values.dim() != 2:
+        raise ValueError(f"{name}: {'probas' if on_probas else 'errors'} must be [M, P], "
+                         f"got shape {tuple(values.shape)}")
+    if not values.is_floating_point():
+        raise TypeError(f"{name}: expected floating point values, got {values.dtype}")
+    fg = _as_row_mask(labels, values.shape, "labels")
+    if valid is not None:
+        valid = _as_row_mask(valid, values.shape, "valid")
+    m, p = values.shape
+    if m == 0 or p == 0:
+        return values.sum(-1) * 0.0
+    return _LovaszRows.apply(values, fg, valid, prune, on_probas)
+
+
 def lovasz_rows(
     errors: torch.Tensor,
     labels: torch.Tensor,
@@ -107,46 +208,17 @@ def lovasz_rows(
     Returns:
         ``[M]`` losses; a row with no valid pixel gives 0 with zero gradient. A row with
         no foreground gives its largest error (Jaccard loss 1 for any false positive).
+        Differentiable once w.r.t. ``errors`` (the extension is piecewise linear).
     """
-    if errors.dim() != 2:
-        raise ValueError(f"lovasz_rows: errors must be [M, P], got shape {tuple(errors.shape)}")
-    if not errors.is_floating_point():
-        raise TypeError(f"lovasz_rows: errors must be floating point, got {errors.dtype}")
-    fg = _as_row_mask(labels, errors.shape, "labels")
-    m, p = errors.shape
-    if valid is not None:
-        valid = _as_row_mask(valid, errors.shape, "valid")
-        fg = fg & valid
-        # torch.where (not multiplication) so invalid entries get exactly zero gradient
-        # even where the error is inf/NaN.
-        errors = torch.where(valid, errors, errors.new_zeros(()))
-    if m == 0 or p == 0:
-        return errors.sum(-1)
-
-    if prune:
-        err = errors.detach()
-        has_fg = fg.any(-1, keepdim=True)
-        big = torch.finfo(err.dtype).max
-        min_fg = torch.where(fg, err, err.new_full((), big)).amin(-1, keepdim=True)
-        max_err = err.amax(-1, keepdim=True)
-        keep = torch.where(has_fg, fg | (err > min_fg), (err >= max_err) & (err > 0))
-        if valid is not None:
-            keep = keep & valid
-        width = int(keep.sum(-1).max())
-        if width < _COMPACT_FRACTION * p:
-            rows, cols = keep.nonzero(as_tuple=True)
-            slot = keep.cumsum(-1)[rows, cols] - 1
-            errors = errors.new_zeros(m, width).index_put((rows, slot), errors[rows, cols])
-            fg = fg.new_zeros(m, width).index_put((rows, slot), fg[rows, cols])
-
-    errors_sorted, perm = torch.sort(errors, dim=-1, descending=True)
-    fg_sorted = torch.gather(fg, -1, perm)
-    grad = lovasz_grad(fg_sorted.to(errors.dtype))
-    return (errors_sorted * grad).sum(-1)
+    return _rows_call(errors, labels, valid, prune, False, "lovasz_rows")
 
 
 def lovasz_binary_rows(
-    probas: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None
+    probas: torch.Tensor,
+    labels: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    *,
+    prune: bool = True,
 ) -> torch.Tensor:
     """Binary Lovász loss on probabilities (Eq. 3-5) for M masks at once.
 
@@ -154,17 +226,12 @@ def lovasz_binary_rows(
         probas: ``[M, P]`` foreground probabilities p in [0, 1].
         labels: ``[M, P]`` bool ground truth t.
         valid: optional ``[P]`` or ``[M, P]`` bool mask of pixels taking part.
+        prune: as in :func:`lovasz_rows`.
 
     Returns:
         ``[M]`` losses with errors ``xi = 1 - p`` on foreground, ``p`` on background (Eq. 4).
     """
-    if probas.dim() != 2 or labels.shape != probas.shape:
-        raise ValueError(
-            f"lovasz_binary_rows: probas and labels must both be [M, P], got "
-            f"{tuple(probas.shape)} and {tuple(labels.shape)}")
-    labels = labels.bool()
-    errors = torch.where(labels, 1.0 - probas, probas)
-    return lovasz_rows(errors, labels, valid)
+    return _rows_call(probas, labels, valid, prune, True, "lovasz_binary_rows")
 
 
 def _class_list(classes: str | Sequence[int], num_classes: int) -> list[int] | None:
@@ -213,29 +280,34 @@ def lovasz_softmax_rows(
         raise ValueError(
             f"lovasz_softmax_rows: valid must be [G, P] = {(g, p)}, got {tuple(valid.shape)}")
     chosen = _class_list(classes, c)
-    class_ids = torch.arange(c, device=probas.device) if chosen is None else torch.tensor(
-        chosen, device=probas.device, dtype=torch.int64)
+    if chosen is None:
+        class_ids = torch.arange(c, device=probas.device)
+        pred = probas
+    else:
+        class_ids = torch.tensor(chosen, device=probas.device, dtype=torch.int64)
+        pred = probas.index_select(1, class_ids if c > 1 else torch.zeros_like(class_ids))
     k = class_ids.numel()
-    channel = class_ids if c > 1 else torch.zeros_like(class_ids)
     fg = labels[:, None, :] == class_ids[None, :, None]          # [G, K, P]
     if valid is not None:
-        fg = fg & valid[:, None, :]
-    pred = probas.index_select(1, channel)                        # [G, K, P]
-    errors = torch.where(fg, 1.0 - pred, pred)
-    row_valid = None if valid is None else valid[:, None, :].expand(g, k, p).reshape(g * k, p)
-    fg_rows, err_rows = fg.reshape(g * k, p), errors.reshape(g * k, p)
+        fg &= valid[:, None, :]
+        row_valid = valid[:, None, :].expand(g, k, p).reshape(g * k, p)
+    else:
+        row_valid = None
+    fg_rows, pred_rows = fg.reshape(g * k, p), pred.reshape(g * k, p)
     if classes == "present":
         weight = fg_rows.any(-1)
-        # Absent classes are skipped outright rather than sorted and multiplied by 0.
-        rows = weight.nonzero(as_tuple=True)[0]
-        losses = err_rows.new_zeros(g * k).index_put(
-            (rows,), lovasz_rows(err_rows[rows], fg_rows[rows],
-                                 None if row_valid is None else row_valid[rows]))
+        if bool(weight.all()):
+            losses = lovasz_binary_rows(pred_rows, fg_rows, row_valid)
+        else:
+            # Absent classes are skipped outright rather than sorted and multiplied by 0;
+            # the 0 * sum keeps the graph connected when nothing at all is present.
+            rows = weight.nonzero(as_tuple=True)[0]
+            selected = lovasz_binary_rows(pred_rows[rows], fg_rows[rows],
+                                          None if row_valid is None else row_valid[rows])
+            losses = (pred.sum() * 0.0).expand(g * k).index_put((rows,), selected)
         weight = weight.to(losses.dtype)
-        # Keep the graph connected to probas so an all-absent group has a zero gradient.
-        losses = losses + 0.0 * errors.sum()
     else:
-        losses = lovasz_rows(err_rows, fg_rows, row_valid)
+        losses = lovasz_binary_rows(pred_rows, fg_rows, row_valid)
         weight = torch.ones_like(losses)
     losses, weight = losses.reshape(g, k), weight.reshape(g, k)
     return (losses * weight).sum(-1) / weight.sum(-1).clamp_min(1.0)
@@ -261,12 +333,14 @@ def _flatten_binary(
 
 
 def _binary_reduce(
-    errors: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor | None, per_image: bool
+    values: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor | None, per_image: bool,
+    on_probas: bool = False,
 ) -> torch.Tensor:
+    rows = lovasz_binary_rows if on_probas else lovasz_rows
     if per_image:
-        return lovasz_rows(errors, fg, valid).mean()
+        return rows(values, fg, valid).mean()
     valid = None if valid is None else valid.reshape(1, -1)
-    return lovasz_rows(errors.reshape(1, -1), fg.reshape(1, -1), valid)[0]
+    return rows(values.reshape(1, -1), fg.reshape(1, -1), valid)[0]
 
 
 def lovasz_hinge(
@@ -313,8 +387,7 @@ def lovasz_binary(
         Scalar loss.
     """
     scores, fg, valid = _flatten_binary(probas, labels, ignore, "lovasz_binary")
-    errors = torch.where(fg, 1.0 - scores, scores)
-    return _binary_reduce(errors, fg, valid, per_image)
+    return _binary_reduce(scores, fg, valid, per_image, on_probas=True)
 
 
 def lovasz_softmax(
