@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SCENE, bbox, scene_segments, write_coco_layout, write_image, write_panoptic_png
+from datafixtures import SCENE, bbox, scene_segments, write_coco_layout, write_image, write_panoptic_png
 from hle.data import DATASETS, PanopticMapper, load_coco_panoptic, load_dataset
 from hle.data.datasets import CITYSCAPES_CLASSES, cityscapes_panoptic, coco_panoptic, custom_panoptic, vistas_panoptic
 

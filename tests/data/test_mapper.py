@@ -11,7 +11,7 @@ from PIL import Image
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
-from conftest import write_panoptic_png
+from datafixtures import write_panoptic_png
 from hle.data import Metadata, PanopticDataset, PanopticMapper, collate
 
 MD = Metadata(
