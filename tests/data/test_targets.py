@@ -1,9 +1,12 @@
 """Targets from a hand-built panoptic map, checked against hand-written expected arrays."""
 from __future__ import annotations
 
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
 
 from hle.data.metadata import Metadata
 from hle.data.targets import panoptic_targets, segments_in_map
@@ -96,3 +99,24 @@ def test_segment_lookup_against_loop():
     expected = [[ids.index(v) if v in ids else -1 for v in row] for row in pan.tolist()]
     assert segment_lookup(pan, ids).tolist() == expected
     assert (segment_lookup(pan, []) == -1).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ids=hnp.arrays(np.int64, (5, 7), elements=st.integers(0, 6)),
+    crowd_flags=st.lists(st.booleans(), min_size=6, max_size=6),
+    cats=st.lists(st.sampled_from([1, 3, 9, 42]), min_size=6, max_size=6),
+)
+def test_target_invariants(ids, crowd_flags, cats):
+    # Random maps and segment tables: the flags must agree with each other pixel by pixel.
+    from datafixtures import SCENE_CATEGORIES
+
+    segments = [{"id": k + 1, "category_id": c, "iscrowd": int(f)} for k, (c, f) in enumerate(zip(cats, crowd_flags))]
+    t = panoptic_targets(torch.from_numpy(ids), segments, _metadata(SCENE_CATEGORIES))
+    assert torch.equal(t.ignore, t.semantic == I)
+    assert not (t.instance > 0)[t.ignore | t.crowd | ~t.thing].any()
+    assert not (t.thing & t.ignore).any() and not (t.crowd & ~t.thing).any()
+    assert torch.equal(t.thing, t.semantic == 1)  # car is the only thing class
+    # one instance id per non-crowd car segment present, numbered 1..L
+    cars = {k + 1 for k, (c, f) in enumerate(zip(cats, crowd_flags)) if c == 3 and not f} & set(np.unique(ids).tolist())
+    assert sorted(set(t.instance.unique().tolist()) - {0}) == list(range(1, len(cars) + 1))

@@ -46,8 +46,11 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image file not found: {p} (expected an RGB image referenced by the dataset index)")
-    with Image.open(p) as im:
-        return np.array(im.convert("RGB"))
+    try:
+        with Image.open(p) as im:
+            return np.array(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt files: name the file
+        raise OSError(f"cannot read image {p}: {e}") from e
 
 
 def read_panoptic(path: str | os.PathLike[str]) -> np.ndarray:
@@ -57,8 +60,12 @@ def read_panoptic(path: str | os.PathLike[str]) -> np.ndarray:
         raise FileNotFoundError(
             f"panoptic PNG not found: {p} (expected an RGB PNG with id = R + 256*G + 256^2*B per pixel)"
         )
-    with Image.open(p) as im:
-        return rgb_to_id(np.asarray(im.convert("RGB")))
+    try:
+        with Image.open(p) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise OSError(f"cannot read panoptic PNG {p}: {e}") from e
+    return rgb_to_id(rgb)
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:
