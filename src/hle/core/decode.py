@@ -13,6 +13,7 @@ the candidate (thing) pixels only, so memory is ``O(K x candidates)``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +32,15 @@ from hle.core.types import HLEOutputs, PanopticResult
 
 #: Pixels per chunk of the pixel-major semantic and instance matmuls: large enough
 #: to amortise the BLAS call, small enough that a ``[chunk, C]`` block stays in cache.
-DEFAULT_CHUNK = 65536
+DEFAULT_CHUNK = 32768
 
 DOWNSAMPLE_MODES = ("sample", "avg")
+
+#: psi is computed as ``exp(l) / sum exp(l)`` without subtracting the row maximum
+#: when ``1 / sigma_max^2`` is below this: Eq. (9) logits of class c lie in
+#: ``[-1/sigma_c^2, 0]``, so the best logit is at least ``-1/sigma_max^2``, far
+#: from float32 underflow (``exp(-87)``), and one pass over each block is saved.
+_EXP_FIRST_LIMIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -108,26 +115,69 @@ def semantic_linear_form(
     return weight, -inv
 
 
-def _chunked_argmax_softmax(
+def _semantic_pass(
     logits_of: Callable[[int, int], torch.Tensor],
     num_pixels: int,
+    num_stuff: int,
+    stuff_threshold: float,
+    void_label: int,
     like: torch.Tensor,
     chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Argmax class and max softmax probability of ``[N, C]`` logits made in chunks.
+    exp_first: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass over pixel-major ``[n, C]`` logit chunks: class, thing flag, max psi.
 
-    ``max_c softmax(l)_c = 1 / sum_c exp(l_c - max l)``: computed in place on the
-    chunk so nothing ``[N, C]`` is ever allocated.
+    Classes must be ordered stuff first (``0..num_stuff-1``), then things, so the
+    thing flag is one comparison instead of a table lookup per pixel.
+    ``max_c softmax(l)_c = max_c exp(l_c) / sum_c exp(l_c)`` is computed in place
+    on the chunk, so nothing ``[N, C]`` is ever allocated, and the per-pixel work
+    runs while the chunk is in cache.
+
+    Returns:
+        ``label [N]`` int64 class index, or ``void_label`` for a stuff pixel with
+        ``psi < stuff_threshold``; ``thing [N]`` bool; ``psi [N]`` max probability.
     """
-    labels = torch.empty(num_pixels, dtype=torch.long, device=like.device)
-    psi = torch.empty(num_pixels, dtype=like.dtype, device=like.device)
+    device = like.device
+    label = torch.empty(num_pixels, dtype=torch.long, device=device)
+    thing = torch.empty(num_pixels, dtype=torch.bool, device=device)
+    psi = torch.empty(num_pixels, dtype=like.dtype, device=device)
+    top = torch.empty(min(chunk, num_pixels), dtype=like.dtype, device=device)
     for start in range(0, num_pixels, chunk):
         stop = min(start + chunk, num_pixels)
         block = logits_of(start, stop)
-        top, arg = block.max(dim=1)
-        labels[start:stop] = arg
-        psi[start:stop] = block.sub_(top[:, None]).exp_().sum(dim=1).reciprocal_()
-    return labels, psi
+        psi_c, label_c, thing_c, top_c = psi[start:stop], label[start:stop], thing[start:stop], top[: stop - start]
+        if exp_first:
+            torch.max(block.exp_(), dim=1, out=(top_c, label_c))
+            torch.div(top_c, block.sum(dim=1), out=psi_c)
+        else:
+            torch.max(block, dim=1, out=(top_c, label_c))
+            torch.reciprocal(block.sub_(top_c[:, None]).exp_().sum(dim=1), out=psi_c)
+        torch.ge(label_c, num_stuff, out=thing_c)
+        label_c.masked_fill_((psi_c < stuff_threshold) & ~thing_c, void_label)
+    return label, thing, psi
+
+
+def _embedding_logits(
+    embedding: torch.Tensor, class_means: torch.Tensor, class_sigma: torch.Tensor
+) -> tuple[Callable[[int, int], torch.Tensor], bool]:
+    """Chunk producer of Eq. (9) logits ``[n, C]`` for a ``[D, H, W]`` map, and
+    whether the exp-first softmax is safe for these sigmas."""
+    d = embedding.shape[0]
+    weight, bias = semantic_linear_form(class_means.to(embedding.dtype), class_sigma.to(embedding.dtype))
+    flat = embedding.reshape(d, -1)
+
+    def logits_of(start: int, stop: int) -> torch.Tensor:
+        # flat[:, a:b].T is a transposed view: BLAS reads it without a copy.
+        return torch.addmm(bias, flat[:, start:stop].transpose(0, 1), weight)
+
+    exp_first = 1.0 / float(class_sigma.max()) ** 2 < _EXP_FIRST_LIMIT
+    return logits_of, exp_first
+
+
+def _given_logits(logits: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+    """Chunk producer for separate-branch logits ``[C, H, W]`` (ablation)."""
+    flat = logits.reshape(logits.shape[0], -1)
+    return lambda start, stop: flat[:, start:stop].transpose(0, 1).contiguous()
 
 
 def semantic_assignment(
@@ -148,26 +198,11 @@ def semantic_assignment(
     Returns:
         ``(labels [H, W] int64 train ids, psi_max [H, W])``.
     """
-    d, h, w = embedding.shape
-    weight, bias = semantic_linear_form(class_means.to(embedding.dtype), class_sigma.to(embedding.dtype))
-    flat = embedding.reshape(d, h * w)
-
-    def logits_of(start: int, stop: int) -> torch.Tensor:
-        # flat[:, a:b].T is a transposed view: BLAS reads it without a copy.
-        return torch.addmm(bias, flat[:, start:stop].transpose(0, 1), weight)
-
-    labels, psi = _chunked_argmax_softmax(logits_of, h * w, embedding, chunk)
-    return labels.view(h, w), psi.view(h, w)
-
-
-def _assignment_from_logits(logits: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Argmax and max softmax of separate-branch logits ``[C, H, W]`` (ablation)."""
-    c, h, w = logits.shape
-    flat = logits.reshape(c, h * w)
-    labels, psi = _chunked_argmax_softmax(
-        lambda a, b: flat[:, a:b].transpose(0, 1).contiguous(), h * w, logits, chunk
-    )
-    return labels.view(h, w), psi.view(h, w)
+    _, h, w = embedding.shape
+    logits_of, exp_first = _embedding_logits(embedding, class_means, class_sigma)
+    num_classes = class_means.shape[0]
+    label, _, psi = _semantic_pass(logits_of, h * w, num_classes, 0.0, num_classes, embedding, chunk, exp_first)
+    return label.view(h, w), psi.view(h, w)
 
 
 # --------------------------------------------------------------------------- seeds
@@ -183,45 +218,47 @@ def find_seeds(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate seeds: local maxima of the seed map above ``threshold`` (Sec. 3.5).
 
-    Equivalent to ``kernel x kernel`` max-pool NMS on ``seed * allowed`` followed by
-    thresholding, but only the pixels above the threshold are inspected (their
-    neighbours gathered), which is much cheaper than pooling the whole map. Ties on
-    a plateau are broken by raster index, so a flat peak gives few seeds, not all
-    of its pixels.
+    The same pixels as ``kernel x kernel`` max-pool NMS on ``seed * allowed``
+    followed by thresholding, but only the pixels above the threshold are
+    inspected (one gather per neighbour offset into a zero-padded copy), which is
+    much cheaper than pooling the whole map. Ties on a plateau are broken by
+    raster index, so a flat peak gives few seeds, not all of its pixels.
 
     Args:
-        seed: ``[H, W]`` seed scores.
+        seed: ``[H, W]`` seed scores (non-negative).
         allowed: ``[H, W]`` bool, pixels that may hold a seed (thing pixels).
-        threshold: minimum seed score (strict).
+        threshold: minimum seed score (strict), ``>= 0``.
         kernel: odd neighbourhood size.
         max_seeds: keep at most this many, the highest scores.
 
     Returns:
-        ``(index [K] flat pixel indices, score [K])`` sorted by descending score,
-        ties by ascending index.
+        ``(index [K] flat pixel indices into [H, W], score [K])`` sorted by
+        descending score, ties by ascending index.
     """
     h, w = seed.shape
-    masked = torch.where(allowed, seed, torch.zeros((), dtype=seed.dtype, device=seed.device))
-    flat = masked.reshape(-1)
-    index = torch.nonzero(flat > threshold).squeeze(1)
-    score = flat[index]
-    rows, cols = index // w, index % w
-    keep = torch.ones_like(index, dtype=torch.bool)
-    radius = kernel // 2
+    r = kernel // 2
+    wp = w + 2 * r
+    padded = torch.zeros(h + 2 * r, wp, dtype=seed.dtype, device=seed.device)
+    inner = padded[r : r + h, r : r + w]
+    torch.mul(seed, allowed, out=inner)
+    rows, cols = torch.nonzero(inner > threshold, as_tuple=True)
+    index_p = (rows + r) * wp + (cols + r)
+    flat_p = padded.reshape(-1)
+    score = flat_p[index_p]
+    keep = torch.ones_like(score, dtype=torch.bool)
     # One gather per neighbour offset (8 for 3x3): a loop over offsets, not pixels.
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if dy == 0 and dx == 0:
+    # Tie rule "win against an equal neighbour of larger raster index" reduces to
+    # the sign of the offset.
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            offset = dy * wp + dx
+            if offset == 0:
                 continue
-            nr, nc = rows + dy, cols + dx
-            inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
-            neighbour = nr.clamp(0, h - 1) * w + nc.clamp(0, w - 1)
-            value = flat[neighbour]
-            wins = (score > value) | ((score == value) & (index < neighbour))
-            keep &= wins | ~inside
-    index, score = index[keep], score[keep]
+            value = flat_p[index_p + offset]
+            keep &= (score >= value) if offset > 0 else (score > value)
+    rows, cols, score = rows[keep], cols[keep], score[keep]
     order = torch.sort(score, descending=True, stable=True).indices[:max_seeds]
-    return index[order], score[order]
+    return rows[order] * w + cols[order], score[order]
 
 
 def merge_seeds(
@@ -269,6 +306,43 @@ def merge_seeds(
 # --------------------------------------------------------------------------- instances
 
 
+def _instance_weights(
+    seed_embedding: torch.Tensor,
+    seed_coords: torch.Tensor,
+    seed_sigma: torch.Tensor,
+    seed_spatial_sigma: torch.Tensor,
+    origin: torch.Tensor,
+) -> torch.Tensor:
+    """``[D+4, K]`` weights with ``[e, rho, |rho|^2, 1] @ W = log Phi`` (rho relative to origin)."""
+    c_rho = seed_coords - origin
+    a = 1.0 / (2.0 * seed_sigma * seed_sigma)
+    b = 1.0 / (2.0 * seed_spatial_sigma * seed_spatial_sigma)
+    return torch.cat(
+        [
+            normalize_rows(seed_embedding) * a[:, None],
+            2.0 * c_rho * b[:, None],
+            -b[:, None],
+            (-a - b * c_rho.pow(2).sum(dim=1))[:, None],
+        ],
+        dim=1,
+    ).transpose(0, 1).contiguous()
+
+
+def _assign_features(
+    features: torch.Tensor, weight: torch.Tensor, threshold: float, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best seed and its log Phi for channel-major features ``[D+4, Nc]``."""
+    n = features.shape[1]
+    instance = torch.empty(n, dtype=torch.long, device=features.device)
+    best = torch.empty(n, dtype=features.dtype, device=features.device)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        torch.max(features[:, start:stop].transpose(0, 1) @ weight, dim=1, out=(best[start:stop], instance[start:stop]))
+    log_threshold = math.log(threshold) if threshold > 0 else -math.inf
+    instance.masked_fill_(~(best > log_threshold), -1)
+    return instance, best
+
+
 def assign_instances(
     embedding: torch.Tensor,
     coords: torch.Tensor,
@@ -300,56 +374,55 @@ def assign_instances(
         ``(instance [Nc] int64 in -1..K-1 with -1 = none, phi [Nc] best Phi)``.
     """
     n, d = embedding.shape
-    k = seed_embedding.shape[0]
-    dtype, device = embedding.dtype, embedding.device
-    if k == 0 or n == 0:
-        return torch.full((n,), -1, dtype=torch.long, device=device), torch.zeros(n, dtype=dtype, device=device)
+    if seed_embedding.shape[0] == 0 or n == 0:
+        return (
+            torch.full((n,), -1, dtype=torch.long, device=embedding.device),
+            torch.zeros(n, dtype=embedding.dtype, device=embedding.device),
+        )
     origin = seed_coords.mean(dim=0)
-    c_rho = seed_coords - origin
-    a = 1.0 / (2.0 * seed_sigma * seed_sigma)
-    b = 1.0 / (2.0 * seed_spatial_sigma * seed_spatial_sigma)
-    weight = torch.cat(
-        [
-            normalize_rows(seed_embedding) * a[:, None],
-            2.0 * c_rho * b[:, None],
-            -b[:, None],
-            (-a - b * c_rho.pow(2).sum(dim=1))[:, None],
-        ],
-        dim=1,
-    ).transpose(0, 1).contiguous()  # [D+4, K]
-    instance = torch.empty(n, dtype=torch.long, device=device)
-    best = torch.empty(n, dtype=dtype, device=device)
-    features = torch.empty(min(chunk, n), d + 4, dtype=dtype, device=device)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        feat = features[: stop - start]
-        rho = coords[start:stop] - origin
-        feat[:, :d] = embedding[start:stop]
-        feat[:, d : d + 2] = rho
-        feat[:, d + 2] = rho.pow(2).sum(dim=1)
-        feat[:, d + 3] = 1.0
-        log_phi, arg = (feat @ weight).max(dim=1)
-        best[start:stop] = log_phi
-        instance[start:stop] = arg
-    best = best.exp_()
-    instance = torch.where(best > threshold, instance, torch.full_like(instance, -1))
-    return instance, best
+    rho = coords - origin
+    features = torch.cat(
+        [embedding.transpose(0, 1), rho.transpose(0, 1), rho.pow(2).sum(dim=1)[None], torch.ones_like(rho[:, 0])[None]]
+    )
+    weight = _instance_weights(seed_embedding, seed_coords, seed_sigma, seed_spatial_sigma, origin)
+    instance, best = _assign_features(features, weight, threshold, chunk)
+    return instance, best.exp()
 
 
 # --------------------------------------------------------------------------- resolution
 
 
 def _downsample_maps(x: torch.Tensor, factor: int, mode: str) -> torch.Tensor:
-    """``[C, H, W] -> [C, ceil(H/f), ceil(W/f)]`` by block centre sampling or averaging."""
+    """``[C, H, W] -> [C, ceil(H/f), ceil(W/f)]`` by block-centre sampling or averaging."""
     if factor == 1:
         return x
     _, h, w = x.shape
     if mode == "avg":
         # ceil_mode: partial border blocks average over their in-image pixels only.
         return F.avg_pool2d(x[None], factor, factor, ceil_mode=True)[0]
-    rows = (torch.arange(-(-h // factor), device=x.device) * factor + factor // 2).clamp(max=h - 1)
-    cols = (torch.arange(-(-w // factor), device=x.device) * factor + factor // 2).clamp(max=w - 1)
-    return x.index_select(1, rows).index_select(2, cols)
+    off = factor // 2
+    out = x[:, off::factor, off::factor]
+    # A partial last block whose centre falls outside the image samples its last pixel.
+    if out.shape[1] < -(-h // factor):
+        out = torch.cat([out, x[:, h - 1 :, off::factor]], dim=1)
+    if out.shape[2] < -(-w // factor):
+        last = x[:, off::factor, w - 1 :]
+        if last.shape[1] < out.shape[1]:
+            last = torch.cat([last, x[:, h - 1 :, w - 1 :]], dim=1)
+        out = torch.cat([out, last], dim=2)
+    return out.contiguous()
+
+
+def _read_at(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, factor: int, mode: str) -> torch.Tensor:
+    """Values of the ``[H, W]`` map ``x`` as :func:`_downsample_maps` would give them at
+    decode pixels ``(rows, cols)``, without reducing the whole map (only seeds need it)."""
+    if factor == 1:
+        return x[rows, cols]
+    h, w = x.shape
+    if mode == "avg":
+        return _downsample_maps(x[None], factor, mode)[0][rows, cols]
+    off = factor // 2
+    return x[(rows * factor + off).clamp(max=h - 1), (cols * factor + off).clamp(max=w - 1)]
 
 
 def _block_sizes(size: int, factor: int, device: torch.device) -> torch.Tensor:
@@ -377,7 +450,7 @@ def _segment_stats(
     with the number of output pixels its block covers.
 
     Args:
-        label: ``[h, w]`` int64 in ``0..num_labels-1``.
+        label: ``[h, w]`` int32 in ``0..num_labels-1``.
         psi: ``[h, w]`` per-pixel value summed per label (area-weighted).
 
     Returns:
@@ -388,19 +461,22 @@ def _segment_stats(
     # Key = position * L + label (not label * size + position): consecutive pixels
     # then hit neighbouring bins, whereas power-of-two strides between bins thrash
     # the cache (measured 20x slower).
-    row_hits = torch.bincount(
-        (torch.arange(h, device=device)[:, None] * num_labels + label).reshape(-1), minlength=h * num_labels
-    ).view(h, num_labels)
-    col_hits = torch.bincount(
-        (torch.arange(w, device=device)[None, :] * num_labels + label).reshape(-1), minlength=w * num_labels
-    ).view(w, num_labels)
-    flat = label.reshape(-1)
+    row_base = torch.arange(h, device=device, dtype=label.dtype)[:, None] * num_labels
+    col_base = torch.arange(w, device=device, dtype=label.dtype)[None, :] * num_labels
+    row_keys = torch.add(label, row_base).reshape(-1)
+    row_hits = torch.bincount(row_keys, minlength=h * num_labels).view(h, num_labels)
+    col_hits = torch.bincount(torch.add(label, col_base).reshape(-1), minlength=w * num_labels).view(w, num_labels)
     if factor == 1:
         area = row_hits.sum(dim=0)
-        psi_sum = torch.bincount(flat, weights=psi.reshape(-1).double(), minlength=num_labels)
+        # Per (row, label) sums in the weights' dtype (at most w terms each, so
+        # float32 is accurate), then rows summed in float64: a float32 sum over a
+        # million pixels would drift by ~1e-4.
+        row_psi = torch.bincount(row_keys, weights=psi.reshape(-1), minlength=h * num_labels)
+        psi_sum = row_psi.view(h, num_labels).double().sum(dim=0)
     else:
         block = _block_sizes(height, factor, device)[:, None] * _block_sizes(width, factor, device)[None, :]
         weights = block.reshape(-1).double()
+        flat = label.reshape(-1)
         area = torch.bincount(flat, weights=weights, minlength=num_labels).round().long()
         psi_sum = torch.bincount(flat, weights=weights * psi.reshape(-1).double(), minlength=num_labels)
     rows_present, cols_present = row_hits > 0, col_hits > 0
@@ -467,6 +543,8 @@ def _check_inputs(
         raise ValueError(f"decode_panoptic: nms_kernel must be odd and >= 1, got {params.nms_kernel}")
     if params.max_instances < 0:
         raise ValueError(f"decode_panoptic: max_instances must be >= 0, got {params.max_instances}")
+    if params.seed_threshold < 0:
+        raise ValueError(f"decode_panoptic: seed_threshold must be >= 0, got {params.seed_threshold}")
 
 
 @torch.no_grad()
@@ -552,107 +630,109 @@ def decode_panoptic(
         embedding, sigma, spatial_sigma, seed, class_means, class_sigma, is_thing,
         semantic_logits, split_embedding, params,
     )
-    d, height, width = embedding.shape
+    _, height, width = embedding.shape
     num_classes = class_means.shape[0]
     device, dtype = embedding.device, embedding.dtype
     f = downsample
+
+    # Classes reordered stuff first (stable, so stuff keeps its class order): the
+    # thing flag of a pixel is then ``label >= num_stuff``. Decode labels are
+    # 0..C-1 (reordered class), C (void), C+1+k (instance k).
+    perm = torch.argsort(is_thing.to(torch.uint8), stable=True)
+    num_stuff = int((~is_thing).sum())
+    void = num_classes
 
     # -- (0) decode resolution (Supplementary C)
     emb = _downsample_maps(embedding, f, downsample_mode)
     if f > 1 and downsample_mode == "avg":
         emb = F.normalize(emb, dim=0)
-    maps = _downsample_maps(torch.cat([sigma, spatial_sigma, seed], dim=0).to(dtype), f, downsample_mode)
-    sig_map, ssig_map, seed_map = maps[0], maps[1], maps[2]
+    seed_map = _downsample_maps(seed, f, downsample_mode)[0].to(dtype)
     _, h, w = emb.shape
     sem_view, ins_view = split_views(emb, split_embedding, dim=0)
 
-    # -- (1) semantics: argmax psi (Eq. 9), pixel-major chunks
+    # -- (1) semantics, one pass over pixel-major chunks
     if semantic_logits is not None:
-        labels, psi = _assignment_from_logits(_downsample_maps(semantic_logits.to(dtype), f, downsample_mode), chunk)
+        logits_of = _given_logits(_downsample_maps(semantic_logits.to(dtype)[perm], f, downsample_mode))
+        exp_first = False
     else:
-        means = class_means[:, : sem_view.shape[0]]
-        labels, psi = semantic_assignment(sem_view, means, class_sigma, chunk=chunk)
-    thing_pixel = is_thing[labels]  # [h, w]
+        means = class_means[perm, : sem_view.shape[0]]
+        logits_of, exp_first = _embedding_logits(sem_view, means, class_sigma[perm])
+    label, thing, psi = _semantic_pass(
+        logits_of, h * w, num_stuff, stuff_threshold, void, emb, chunk, exp_first
+    )
 
     # -- (2)+(3) seeds on thing pixels, merged greedily with Phi
     row_coord = pixel_coordinates(h, 1, stride=stride * f, coord_scale=coord_scale, device=device, dtype=dtype)[:, 0]
     col_coord = pixel_coordinates(1, w, stride=stride * f, coord_scale=coord_scale, device=device, dtype=dtype)[:, 1]
-
-    def coords_of(index: torch.Tensor) -> torch.Tensor:
-        return torch.stack([row_coord[index // w], col_coord[index % w]], dim=1)
-
     ins_flat = ins_view.reshape(ins_view.shape[0], h * w)
     seed_index, seed_score = find_seeds(
-        seed_map, thing_pixel, threshold=seed_threshold, kernel=nms_kernel, max_seeds=max_instances
+        seed_map, thing.view(h, w), threshold=seed_threshold, kernel=nms_kernel, max_seeds=max_instances
     )
+    seed_row, seed_col = seed_index // w, seed_index % w
     seed_emb = ins_flat[:, seed_index].transpose(0, 1)
-    seed_xy = coords_of(seed_index)
-    seed_sig = sig_map.reshape(-1)[seed_index]
-    seed_ssig = ssig_map.reshape(-1)[seed_index]
+    seed_xy = torch.stack([row_coord[seed_row], col_coord[seed_col]], dim=1)
+    seed_sig = _read_at(sigma[0], seed_row, seed_col, f, downsample_mode).to(dtype)
+    seed_ssig = _read_at(spatial_sigma[0], seed_row, seed_col, f, downsample_mode).to(dtype)
     kept = merge_seeds(seed_emb, seed_xy, seed_sig, seed_ssig, threshold=merge_threshold)
-    seed_index, seed_score = seed_index[kept], seed_score[kept]
     seed_emb, seed_xy, seed_sig, seed_ssig = seed_emb[kept], seed_xy[kept], seed_sig[kept], seed_ssig[kept]
+    seed_index, seed_score = seed_index[kept], seed_score[kept]
     num_seeds = seed_index.shape[0]
+    seed_class = label[seed_index]  # reordered class: seeds lie on thing pixels
 
-    # -- (4) instance masks over thing pixels only: [K x candidates]
-    candidates = torch.nonzero(thing_pixel.reshape(-1)).squeeze(1)
-    instance, _ = assign_instances(
-        ins_flat[:, candidates].transpose(0, 1),
-        coords_of(candidates),
-        seed_emb,
-        seed_xy,
-        seed_sig,
-        seed_ssig,
-        threshold=mask_threshold,
-        chunk=chunk,
-    )
-
-    # -- (5) provisional labels: 0 void, 1..C stuff class c-1, C+1..C+K instance k-1-C
-    stuff_ok = ~thing_pixel & (psi >= stuff_threshold)
-    label = torch.where(stuff_ok, labels + 1, torch.zeros((), dtype=torch.long, device=device)).reshape(-1)
-    label[candidates] = torch.where(instance >= 0, instance + 1 + num_classes, torch.zeros_like(instance))
+    # -- (4) instance masks over thing pixels only, channel-major features [D+4, Nc]
+    if num_seeds > 0:
+        candidates = torch.nonzero(thing).squeeze(1)
+        d_ins = ins_flat.shape[0]
+        features = torch.empty(d_ins + 4, candidates.numel(), dtype=dtype, device=device)
+        torch.index_select(ins_flat, 1, candidates, out=features[:d_ins])
+        origin = seed_xy.mean(dim=0)
+        torch.sub(row_coord[candidates // w], origin[0], out=features[d_ins])
+        torch.sub(col_coord[candidates % w], origin[1], out=features[d_ins + 1])
+        torch.sum(features[d_ins : d_ins + 2].pow(2), dim=0, out=features[d_ins + 2])
+        features[d_ins + 3] = 1.0
+        weight = _instance_weights(seed_emb, seed_xy, seed_sig, seed_ssig, origin)
+        instance, _ = _assign_features(features, weight, mask_threshold, chunk)
+        # Every thing pixel is relabelled: instance k -> C+1+k, unclaimed -> void.
+        label[candidates] = torch.where(instance >= 0, instance + (void + 1), void)
+    else:
+        label.masked_fill_(thing, void)
     label = label.view(h, w)
-    num_labels = 1 + num_classes + num_seeds
+    num_labels = void + 1 + num_seeds
 
-    # -- (6) full-resolution statistics, minimum areas, final ids
-    area, bbox, psi_sum = _segment_stats(label, num_labels, f, height, width, psi)
-    is_stuff_label = torch.zeros(num_labels, dtype=torch.bool, device=device)
-    is_stuff_label[1 : 1 + num_classes] = ~is_thing
-    is_inst_label = torch.zeros(num_labels, dtype=torch.bool, device=device)
-    is_inst_label[1 + num_classes :] = True
+    # -- (5)+(6) full-resolution statistics, minimum areas, final ids
+    area, bbox, psi_sum = _segment_stats(label, num_labels, f, height, width, psi.view(h, w))
+    labels = torch.arange(num_labels, device=device)
+    is_inst_label = labels > void
     keep = (area > 0) & (
-        (is_stuff_label & (area >= min_stuff_area)) | (is_inst_label & (area >= min_thing_area))
+        ((labels < num_stuff) & (area >= min_stuff_area)) | (is_inst_label & (area >= min_thing_area))
     )
     # Instances first (already in descending score order), then stuff by class.
-    order = torch.cat([torch.arange(1 + num_classes, num_labels, device=device), torch.arange(1, 1 + num_classes, device=device)])
+    order = torch.cat([labels[void + 1 :], labels[:num_stuff]])
     order = order[keep[order]]
     lut = torch.zeros(num_labels, dtype=torch.long, device=device)
     lut[order] = torch.arange(1, order.numel() + 1, device=device)
     panoptic = _upsample_ids(lut[label], f, height, width)
 
-    category = torch.cat([torch.arange(num_classes, device=device), labels.reshape(-1)[seed_index]])[order - 1]
-    score = torch.cat(
-        [
-            (psi_sum[1 : 1 + num_classes] / area[1 : 1 + num_classes].clamp(min=1)).to(dtype),
-            seed_score,
-        ]
-    )[order - 1]
+    # Per decode label: original category id and score.
+    category = perm[torch.cat([labels[:void], labels.new_zeros(1), seed_class])]
+    stuff_score = psi_sum[:void] / area[:void].clamp(min=1)
+    score = torch.cat([stuff_score.to(dtype), stuff_score.new_zeros(1).to(dtype), seed_score])
     segments_info = [
         {
             "id": i + 1,
             "category_id": int(cat),
-            "isthing": bool(thing),
+            "isthing": bool(is_inst),
             "area": int(a),
             "bbox": [int(v) for v in box],
             "score": float(s),
         }
-        for i, (cat, thing, a, box, s) in enumerate(
+        for i, (cat, is_inst, a, box, s) in enumerate(
             zip(
-                category.tolist(),
+                category[order].tolist(),
                 is_inst_label[order].tolist(),
                 area[order].tolist(),
                 bbox[order].tolist(),
-                score.tolist(),
+                score[order].tolist(),
             )
         )
     ]

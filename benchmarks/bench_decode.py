@@ -1,0 +1,211 @@
+"""Speed of the panoptic decoder against the unavoidable work (issue 3 speed target).
+
+At 1024x2048, D=12, 19 classes (8 things), 30 instances on synthetic maps, times
+(median of interleaved repeats, after one warm-up):
+
+    floor      semantic assignment alone, as fast as we can write it: pixel-major
+               ``[n, D] @ [D, C]`` chunks + argmax (nothing else)
+    naive      ``(means @ E).argmax(0)``: channel-major, for reference only
+    sem+psi    the decoder's own semantic step (argmax and max psi)
+    full       decode_panoptic at full resolution
+    ds2/4/8    decode_panoptic(downsample=f), block-centre sampling (default)
+    ds4-avg    decode_panoptic(downsample=4, downsample_mode="avg")
+
+Targets: full <= 3x floor; ds4 >= 10x faster than full. Timings of one run are
+compared only with each other (same process, same threads, interleaved so that
+load from other users of the machine hits every row alike). Writes
+``benchmarks/results/bench_decode.json``.
+
+Usage: ``python benchmarks/bench_decode.py [--threads 1 2] [--repeats 7] [--out PATH]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hle.core.decode import decode_panoptic, semantic_assignment, semantic_linear_form
+
+HEIGHT, WIDTH, DIM, NUM_CLASSES, NUM_THINGS, NUM_INSTANCES = 1024, 2048, 12, 19, 8, 30
+
+
+def synthetic_outputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Cityscapes-like maps: stuff bands, 30 boxes of thing classes with their own
+    embedding offsets, seeds peaked at box centres, per-instance spatial sigma.
+    Boxes may overlap (later ones paint over earlier ones)."""
+    gen = torch.Generator().manual_seed(seed)
+    means = F.normalize(torch.randn(NUM_CLASSES, DIM, generator=gen), dim=1)
+    is_thing = torch.zeros(NUM_CLASSES, dtype=torch.bool)
+    is_thing[NUM_CLASSES - NUM_THINGS :] = True
+    num_stuff = NUM_CLASSES - NUM_THINGS
+    band = torch.arange(HEIGHT) * num_stuff // HEIGHT  # horizontal stuff bands
+    embedding = means[band][:, None, :].expand(HEIGHT, WIDTH, DIM).permute(2, 0, 1).contiguous()
+    sigma = torch.full((1, HEIGHT, WIDTH), 0.15)
+    spatial_sigma = torch.full((1, HEIGHT, WIDTH), 1.0)
+    seed_map = torch.zeros(1, HEIGHT, WIDTH)
+    for i in range(NUM_INSTANCES):
+        # Log-uniform sizes 24..192 px: few large, many small objects, about 15% of
+        # the pixels are things (Cityscapes: ~10%, cars dominating).
+        h = int(24 * 8 ** float(torch.rand(1, generator=gen)))
+        w = int(h * (0.6 + float(torch.rand(1, generator=gen))))
+        y0 = int(torch.randint(0, HEIGHT - h, (1,), generator=gen))
+        x0 = int(torch.randint(0, WIDTH - w, (1,), generator=gen))
+        cls = num_stuff + i % NUM_THINGS
+        offset = torch.randn(DIM, generator=gen)
+        offset -= (offset @ means[cls]) * means[cls]
+        vec = F.normalize(means[cls] + 0.3 * F.normalize(offset, dim=0), dim=0)
+        embedding[:, y0 : y0 + h, x0 : x0 + w] = vec[:, None, None]
+        spatial_sigma[:, y0 : y0 + h, x0 : x0 + w] = max(h, w) / 64.0
+        yy = (torch.arange(h, dtype=torch.float32) - (h - 1) / 2)[:, None]
+        xx = (torch.arange(w, dtype=torch.float32) - (w - 1) / 2)[None, :]
+        seed_map[0, y0 : y0 + h, x0 : x0 + w] = 0.95 * torch.exp(-(yy**2 / (h * h / 8) + xx**2 / (w * w / 8)))
+    embedding = F.normalize(embedding + 0.02 * torch.randn(embedding.shape, generator=gen), dim=0)
+    return dict(
+        embedding=embedding,
+        sigma=sigma,
+        spatial_sigma=spatial_sigma,
+        seed=seed_map,
+        class_means=means,
+        class_sigma=torch.full((NUM_CLASSES,), 0.5),
+        is_thing=is_thing,
+    )
+
+
+def semantic_floor(embedding: torch.Tensor, means: torch.Tensor, sigma: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """The unavoidable work: argmax of Eq. (9) logits, pixel-major chunks, nothing else."""
+    d, h, w = embedding.shape
+    weight, bias = semantic_linear_form(means, sigma)
+    flat = embedding.reshape(d, h * w)
+    out = torch.empty(h * w, dtype=torch.long)
+    for start in range(0, h * w, chunk):
+        stop = min(start + chunk, h * w)
+        out[start:stop] = torch.addmm(bias, flat[:, start:stop].T, weight).argmax(dim=1)
+    return out.view(h, w)
+
+
+def semantic_naive(embedding: torch.Tensor, means: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Channel-major ``[C, D] @ [D, N]`` then argmax over classes: the obvious way."""
+    weight, bias = semantic_linear_form(means, sigma)
+    d, h, w = embedding.shape
+    return (weight.T @ embedding.reshape(d, h * w) + bias[:, None]).argmax(dim=0).view(h, w)
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def time_interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Milliseconds per case; one round = every case once, so load spikes hit all rows."""
+    for fn in cases.values():
+        fn()  # warm-up (allocator, BLAS threads)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op threads to test")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_decode.json")
+    args = parser.parse_args()
+
+    maps = synthetic_outputs()
+    e, m, s = maps["embedding"], maps["class_means"], maps["class_sigma"]
+    args_ = [maps[k] for k in ("embedding", "sigma", "spatial_sigma", "seed", "class_means", "class_sigma", "is_thing")]
+    # Areas in output pixels; generous seed threshold for the synthetic seeds.
+    common = dict(min_thing_area=64, min_stuff_area=2048)
+    cases: dict[str, Callable[[], object]] = {
+        "floor": lambda: semantic_floor(e, m, s),
+        "naive": lambda: semantic_naive(e, m, s),
+        "sem+psi": lambda: semantic_assignment(e, m, s),
+        "full": lambda: decode_panoptic(*args_, **common),
+        "ds2": lambda: decode_panoptic(*args_, downsample=2, **common),
+        "ds4": lambda: decode_panoptic(*args_, downsample=4, **common),
+        "ds8": lambda: decode_panoptic(*args_, downsample=8, **common),
+        "ds4-avg": lambda: decode_panoptic(*args_, downsample=4, downsample_mode="avg", **common),
+    }
+    # Sanity: the floor and the decoder's semantic step agree; count what is decoded.
+    assert torch.equal(semantic_floor(e, m, s), semantic_assignment(e, m, s)[0])
+    thing_fraction = float(
+        maps["is_thing"][semantic_floor(e, m, s)].float().mean()
+    )
+    decoded = {
+        name: sum(seg["isthing"] for seg in decode_panoptic(*args_, downsample=f, **common).segments_info)
+        for name, f in (("full", 1), ("ds4", 4), ("ds8", 8))
+    }
+
+    runs = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        load_before = os.getloadavg()[0]
+        times = time_interleaved(cases, args.repeats)
+        med = {name: statistics.median(v) for name, v in times.items()}
+        runs.append(
+            dict(
+                threads=threads,
+                load_avg_1min_before=load_before,
+                load_avg_1min_after=os.getloadavg()[0],
+                median_ms=med,
+                min_ms={name: min(v) for name, v in times.items()},
+                all_ms=times,
+                full_over_floor=med["full"] / med["floor"],
+                full_over_ds4=med["full"] / med["ds4"],
+            )
+        )
+        print(f"\n{HEIGHT}x{WIDTH}, D={DIM}, C={NUM_CLASSES} ({NUM_THINGS} things), {NUM_INSTANCES} instances; "
+              f"torch threads={threads}, median of {args.repeats} (load avg {load_before:.2f})")
+        print(f"{'case':10s} {'median ms':>10s} {'min ms':>8s} {'x floor':>8s}")
+        for name in cases:
+            print(f"{name:10s} {med[name]:10.1f} {min(times[name]):8.1f} {med[name] / med['floor']:8.2f}")
+        print(f"full / floor = {med['full'] / med['floor']:.2f} (target <= 3); "
+              f"full / ds4 = {med['full'] / med['ds4']:.1f} (target >= 10)")
+    print(f"instances decoded (of {NUM_INSTANCES} boxes, some overlapping): {decoded}; "
+          f"thing pixels: {thing_fraction:.1%}")
+
+    result = dict(
+        benchmark="decode_panoptic",
+        size=[HEIGHT, WIDTH],
+        dim=DIM,
+        num_classes=NUM_CLASSES,
+        num_things=NUM_THINGS,
+        num_instances=NUM_INSTANCES,
+        repeats=args.repeats,
+        machine=dict(
+            cpu=cpu_model(),
+            cores=os.cpu_count(),
+            torch=torch.__version__,
+            python=platform.python_version(),
+            note="shared machine: other users' jobs run concurrently; rows are interleaved",
+        ),
+        instances_decoded=decoded,
+        thing_pixel_fraction=thing_fraction,
+        runs=runs,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
