@@ -111,6 +111,13 @@ def test_max_side_resize_in_evaluation(tmp_path):
     # nearest by pixel centre: output (i, j) <- input (2i + 1, 2j + 1) for an exact factor 2
     assert out["panoptic"].numpy().tolist() == ids[1::2, 1::2].tolist()
     assert sum(s["area"] for s in out["segments_info"]) == 20 * 50
+    # Training: the random scale applies to the max-side size (scale 1 -> the same maps).
+    train = PanopticMapper(MD, train=True, max_side=50, min_scale=1.0, max_scale=1.0, flip=False, jitter=False,
+                           return_panoptic=True)(rec, index=0)
+    assert torch.equal(train["panoptic"], out["panoptic"]) and torch.allclose(train["image"], out["image"])
+    double = PanopticMapper(MD, train=True, max_side=50, min_scale=2.0, max_scale=2.0, flip=False, jitter=False,
+                            return_panoptic=True)(rec, index=0)
+    assert double["panoptic"].numpy().tolist() == ids.tolist()  # 2 x (20 x 50) is the original grid
 
 
 def test_seeding_is_per_sample_and_per_epoch(tmp_path):

@@ -167,13 +167,16 @@ class PanopticMapper:
         image = torch.from_numpy(np.ascontiguousarray(image_np)).permute(2, 0, 1).float().div_(255.0)
         segments = record["segments_info"]
         h, w = pan.shape
-        if self.max_side is not None:
-            image, pan = resize_pair(image, pan, *max_side_size(h, w, self.max_side))
+        # The max-side size is the reference the random scale applies to; both are folded
+        # into one resize so the image is interpolated once.
+        base_h, base_w = max_side_size(h, w, self.max_side) if self.max_side is not None else (h, w)
         valid: torch.Tensor | None = None
-        if self.train:
+        if not self.train:
+            image, pan = resize_pair(image, pan, base_h, base_w)
+        else:
             scale = rng.uniform(self.min_scale, self.max_scale)
-            src_h, src_w = pan.shape
-            out_h, out_w = scaled_size(src_h, src_w, scale)
+            src_h, src_w = h, w
+            out_h, out_w = scaled_size(base_h, base_w, scale)
             if self.crop_size is None:
                 image, pan = resize_pair(image, pan, out_h, out_w)
             else:
