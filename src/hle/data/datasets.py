@@ -294,6 +294,11 @@ def _vistas_layout(root: Path, split: str, version: str | None) -> tuple[str, Pa
     raise FileNotFoundError(f"Mapillary Vistas panoptic JSON not found; expected one of: {', '.join(tried)}")
 
 
+def _vistas_key(name: Any) -> str:
+    """Comparable form of a Vistas label name ("Ground_Animal" ~ "Ground Animal")."""
+    return str(name or "").lower().replace("_", " ").strip()
+
+
 def vistas_panoptic(root: PathLike, split: str, *, version: str | None = None) -> tuple[list[Record], Metadata]:
     """Mapillary Vistas panoptic, v1.2 or v2.0 layout.
 
@@ -321,12 +326,13 @@ def vistas_panoptic(root: PathLike, split: str, *, version: str | None = None) -
     if config_path is not None:
         for label in read_json(config_path, "Mapillary Vistas config").get("labels", []):
             if label.get("evaluate", True) is False:
-                not_evaluated.update(str(label.get(k, "")).lower() for k in ("name", "readable"))
+                not_evaluated.update(_vistas_key(label.get(k)) for k in ("name", "readable"))
     cats = []
     for c in index.get("categories", []):
         c = dict(c)
-        # v1.2 panoptic JSONs keep the readable name in "name" and the full name in "supercategory".
-        keys = {str(c.get("name", "")).lower(), str(c.get("supercategory", "")).lower()}
+        # v1.2 panoptic JSONs keep the readable name in "name" ("Ground_Animal") and the
+        # full name in "supercategory" ("animal--ground-animal"); v2.0 the full name in "name".
+        keys = {_vistas_key(c.get("name")), _vistas_key(c.get("supercategory"))}
         if keys & not_evaluated:
             c["ignore"] = True
         cats.append(c)
