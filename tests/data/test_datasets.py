@@ -154,7 +154,8 @@ def _vistas_fixture(root: Path, version: str) -> np.ndarray:
         # v1.2 panoptic JSONs keep the readable name in "name", the full name in "supercategory".
         cats = [
             {"id": 1, "name": "Road", "supercategory": road_name, "isthing": 0, "color": [128, 64, 128]},
-            {"id": 2, "name": "Person", "supercategory": person_name, "isthing": 1, "color": [220, 20, 60]},
+            # no "isthing": taken from the config's "instances" flag
+            {"id": 2, "name": "Person", "supercategory": person_name, "color": [220, 20, 60]},
             # matched to the config through the readable name only ("Ego_Vehicle" ~ "Ego Vehicle")
             {"id": 3, "name": "Ego_Vehicle", "supercategory": "void--ego-vehicle-x", "isthing": 0, "color": [0, 0, 0]},
             {"id": 4, "name": "Unlabeled", "supercategory": "void--unlabeled", "isthing": 0, "color": [0, 0, 0]},

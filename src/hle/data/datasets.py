@@ -307,7 +307,8 @@ def vistas_panoptic(root: PathLike, split: str, *, version: str | None = None) -
     v1.2 under ``{split}/v1.2/panoptic/`` with ``config_v1.2.json``).
     v2.0 (``config_v2.0.json``): ``root/{split}/v2.0/panoptic/panoptic_2020.json`` + PNGs.
     Categories come from the panoptic JSON; ``unlabeled`` and classes the config
-    marks ``"evaluate": false`` become ignore.
+    marks ``"evaluate": false`` become ignore; a category without ``isthing`` takes
+    the config's ``instances`` flag.
 
     Args:
         root: dataset root.
@@ -322,19 +323,21 @@ def vistas_panoptic(root: PathLike, split: str, *, version: str | None = None) -
     _, index_path, config_path = _vistas_layout(root, split, version)
     images_dir = _require_dir(root / split / "images", "Mapillary Vistas image folder")
     index = read_json(index_path, "Mapillary Vistas panoptic JSON")
-    not_evaluated: set[str] = set()
+    labels: dict[str, dict[str, Any]] = {}
     if config_path is not None:
         for label in read_json(config_path, "Mapillary Vistas config").get("labels", []):
-            if label.get("evaluate", True) is False:
-                not_evaluated.update(_vistas_key(label.get(k)) for k in ("name", "readable"))
+            for k in ("name", "readable"):
+                labels.setdefault(_vistas_key(label.get(k)), label)
     cats = []
     for c in index.get("categories", []):
         c = dict(c)
         # v1.2 panoptic JSONs keep the readable name in "name" ("Ground_Animal") and the
         # full name in "supercategory" ("animal--ground-animal"); v2.0 the full name in "name".
-        keys = {_vistas_key(c.get("name")), _vistas_key(c.get("supercategory"))}
-        if keys & not_evaluated:
-            c["ignore"] = True
+        label = labels.get(_vistas_key(c.get("supercategory"))) or labels.get(_vistas_key(c.get("name")))
+        if label is not None:
+            if label.get("evaluate", True) is False:
+                c["ignore"] = True
+            c.setdefault("isthing", int(bool(label.get("instances", False))))
         cats.append(c)
     if not cats:
         raise ValueError(f"{index_path}: expected a non-empty 'categories' list")
