@@ -123,5 +123,7 @@ def test_custom_size_and_argument_checks(tmp_path):
     assert Image.open(tmp_path / "small" / "val" / "images" / "000000.png").size == (96, 64)
     with pytest.raises(ValueError, match="height and width"):
         generate_synthetic(tmp_path / "bad", 1, 1, height=8, progress=False)
+    with pytest.raises(FileNotFoundError, match="hle synth --out"):
+        load_dataset("synthetic", tmp_path / "absent", "train")
     with pytest.raises(ValueError, match="num_train"):
         generate_synthetic(tmp_path / "bad", -1, 1, progress=False)

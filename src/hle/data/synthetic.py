@@ -395,5 +395,8 @@ def generate_synthetic(
 
 def synthetic(root: str | os.PathLike[str], split: str) -> tuple[list[Record], Metadata]:
     """Load a generated synthetic split (``train`` / ``val``) through the COCO-panoptic loader."""
-    records, metadata = custom_panoptic(root, split)
+    try:
+        records, metadata = custom_panoptic(root, split)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}; generate the synthetic dataset first: hle synth --out {root} --num N") from None
     return records, Metadata(name="synthetic", categories=metadata.categories)
