@@ -171,3 +171,15 @@ def test_jitter_strength_zero_equals_no_jitter(tmp_path):
     strong = PanopticMapper(MD, jitter=0.5, **args)
     assert torch.equal(none(rec, index=0)["image"], zero(rec, index=0)["image"])
     assert not torch.equal(none(rec, index=0)["image"], strong(rec, index=0)["image"])
+
+
+def test_same_batches_with_and_without_worker_processes(tmp_path):
+    rec, _ = _blocks_record(tmp_path)
+    ds = PanopticDataset([rec] * 4, PanopticMapper(MD, train=True, crop_size=(24, 24), seed=7))
+    ds.set_epoch(2)
+    batches = [
+        list(DataLoader(ds, batch_size=2, num_workers=n, collate_fn=collate)) for n in (0, 2)
+    ]
+    for (img_a, tgt_a, _), (img_b, tgt_b, _) in zip(*batches):
+        assert torch.equal(img_a, img_b) and torch.equal(tgt_a.instance, tgt_b.instance)
+    assert not torch.equal(batches[0][0][0][0], batches[0][0][0][1])  # samples differ by index
