@@ -241,3 +241,11 @@ def test_output_dtypes_under_autocast_and_float64() -> None:
     with torch.no_grad():
         out64 = model.double()(x.double())
     assert all(t.dtype == torch.float64 for t in out64)
+
+
+def test_batchnorm_layers_convert_to_sync_batchnorm() -> None:
+    model = HLENet("tiny", num_classes=3, semantic_branch=True)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert n_bn > 0
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == n_bn

@@ -79,6 +79,12 @@ class HLENet(nn.Module):
     branch" ablation). The sigma heads start with zero weights and a bias giving exactly
     their ``*_init`` value, so training starts from the configured margins.
 
+    Training needs more than one image per BatchNorm batch: torchvision's ASPP has a
+    BatchNorm after its image-pooling branch, whose map is 1x1, so a single image in train
+    mode raises "Expected more than 1 value per channel" (SyncBatchNorm over several
+    processes is fine). The layers are plain ``nn.BatchNorm2d``, ready for
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+
     Args:
         backbone: a key of :data:`hle.models.backbones.BACKBONES`.
         num_classes: C, number of contiguous train ids.
