@@ -11,6 +11,7 @@ no data-dependent Python control flow, so it traces and exports.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Sequence
 
@@ -58,7 +59,8 @@ def inverse_positive(value: float, floor: float) -> float:
 
 
 def _check_positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    # numbers.Integral also admits NumPy integers (e.g. a class count read from metadata).
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
@@ -160,8 +162,8 @@ class HLENet(nn.Module):
         if not rates or any(not isinstance(r, int) or r < 1 for r in rates):
             raise ValueError(f"aspp_rates must be positive ints, got {aspp_rates!r}")
 
-        self.num_classes = num_classes
-        self.embedding_dim = embedding_dim
+        self.num_classes = int(num_classes)
+        self.embedding_dim = int(embedding_dim)
         self.output_stride = output_stride
         self.decoder_stride = parts.low_stride
         self.sigma_floor = sigma_floor
@@ -184,18 +186,18 @@ class HLENet(nn.Module):
             nn.BatchNorm2d(dec_ch),
             nn.ReLU(inplace=True),
         )
-        self.embedding_head = nn.Conv2d(dec_ch, embedding_dim, 1)
+        self.embedding_head = nn.Conv2d(dec_ch, self.embedding_dim, 1)
         self.sigma_head = _constant_head(dec_ch, inverse_positive(sigma_init, sigma_floor))
         self.spatial_sigma_head = _constant_head(
             dec_ch, inverse_positive(spatial_sigma_init, spatial_sigma_floor)
         )
         self.seed_head = nn.Conv2d(dec_ch, 1, 1)
-        self.semantic_head = nn.Conv2d(dec_ch, num_classes, 1) if semantic_branch else None
+        self.semantic_head = nn.Conv2d(dec_ch, self.num_classes, 1) if semantic_branch else None
 
-        means = _init_class_means(num_classes, embedding_dim, thomson_init, seed)
+        means = _init_class_means(self.num_classes, self.embedding_dim, thomson_init, seed)
         self.class_means = nn.Parameter(means)
         self.class_sigma_raw = nn.Parameter(
-            torch.full((num_classes,), inverse_positive(class_sigma_init, class_sigma_floor))
+            torch.full((self.num_classes,), inverse_positive(class_sigma_init, class_sigma_floor))
         )
 
     def class_sigma(self) -> torch.Tensor:
