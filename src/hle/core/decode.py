@@ -116,68 +116,93 @@ def semantic_linear_form(
 
 
 def _semantic_pass(
-    logits_of: Callable[[int, int], torch.Tensor],
+    logits_into: Callable[[int, int, torch.Tensor], None],
     num_pixels: int,
+    num_classes: int,
     num_stuff: int,
     stuff_threshold: float,
-    void_label: int,
     like: torch.Tensor,
     chunk: int,
     exp_first: bool,
+    pixel_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass over pixel-major ``[n, C]`` logit chunks: class, thing flag, max psi.
+    """One pass over pixel-major ``[n, C]`` logit chunks: class, thing flag, psi sums.
 
     Classes must be ordered stuff first (``0..num_stuff-1``), then things, so the
     thing flag is one comparison instead of a table lookup per pixel.
     ``max_c softmax(l)_c = max_c exp(l_c) / sum_c exp(l_c)`` is computed in place
-    on the chunk, so nothing ``[N, C]`` is ever allocated, and the per-pixel work
-    runs while the chunk is in cache.
+    on the chunk. All chunk buffers are allocated once and reused: on CPU, fresh
+    large allocations cost a page fault per 4 KiB on first touch, which was as
+    expensive as the arithmetic.
+
+    Args:
+        logits_into: ``(start, stop, out)`` writes the ``[stop-start, C]`` logits into ``out``.
+        pixel_weight: optional ``[N]`` float64 weight of each pixel in the psi sums.
 
     Returns:
-        ``label [N]`` int64 class index, or ``void_label`` for a stuff pixel with
-        ``psi < stuff_threshold``; ``thing [N]`` bool; ``psi [N]`` max probability.
+        ``label [N]`` int64 class index, or ``num_classes`` (void) for a stuff pixel
+        with ``max psi < stuff_threshold``; ``thing [N]`` bool; ``psi_sum [C+1]``
+        float64, the (weighted) sum of max psi over the pixels of each label.
     """
-    device = like.device
+    device, dtype = like.device, like.dtype
     label = torch.empty(num_pixels, dtype=torch.long, device=device)
     thing = torch.empty(num_pixels, dtype=torch.bool, device=device)
-    psi = torch.empty(num_pixels, dtype=like.dtype, device=device)
-    top = torch.empty(min(chunk, num_pixels), dtype=like.dtype, device=device)
+    psi_sum = torch.zeros(num_classes + 1, dtype=torch.float64, device=device)
+    n_max = min(chunk, num_pixels)
+    block_buf = torch.empty(n_max, num_classes, dtype=dtype, device=device)
+    top_buf, sum_buf, psi_buf = (torch.empty(n_max, dtype=dtype, device=device) for _ in range(3))
+    low_buf = torch.empty(n_max, dtype=torch.bool, device=device)
     for start in range(0, num_pixels, chunk):
         stop = min(start + chunk, num_pixels)
-        block = logits_of(start, stop)
-        psi_c, label_c, thing_c, top_c = psi[start:stop], label[start:stop], thing[start:stop], top[: stop - start]
+        n = stop - start
+        block, top, sums, psi, low = block_buf[:n], top_buf[:n], sum_buf[:n], psi_buf[:n], low_buf[:n]
+        label_c, thing_c = label[start:stop], thing[start:stop]
+        logits_into(start, stop, block)
         if exp_first:
-            torch.max(block.exp_(), dim=1, out=(top_c, label_c))
-            torch.div(top_c, block.sum(dim=1), out=psi_c)
+            torch.max(block.exp_(), dim=1, out=(top, label_c))
+            torch.sum(block, dim=1, out=sums)
+            torch.div(top, sums, out=psi)
         else:
-            torch.max(block, dim=1, out=(top_c, label_c))
-            torch.reciprocal(block.sub_(top_c[:, None]).exp_().sum(dim=1), out=psi_c)
+            torch.max(block, dim=1, out=(top, label_c))
+            torch.sum(block.sub_(top[:, None]).exp_(), dim=1, out=sums)
+            torch.reciprocal(sums, out=psi)
         torch.ge(label_c, num_stuff, out=thing_c)
-        label_c.masked_fill_((psi_c < stuff_threshold) & ~thing_c, void_label)
-    return label, thing, psi
+        torch.lt(psi, stuff_threshold, out=low)
+        low.logical_and_(~thing_c)
+        label_c.masked_fill_(low, num_classes)
+        # Stuff labels are final after this pass, so their psi sums can be taken
+        # now, in float64: bincount accumulates in the weights' dtype, and float32
+        # sums of thousands of values near 1 drift by ~1e-4.
+        weights = psi.double() if pixel_weight is None else psi.double() * pixel_weight[start:stop]
+        psi_sum += torch.bincount(label_c, weights=weights, minlength=num_classes + 1)
+    return label, thing, psi_sum
 
 
 def _embedding_logits(
     embedding: torch.Tensor, class_means: torch.Tensor, class_sigma: torch.Tensor
-) -> tuple[Callable[[int, int], torch.Tensor], bool]:
-    """Chunk producer of Eq. (9) logits ``[n, C]`` for a ``[D, H, W]`` map, and
+) -> tuple[Callable[[int, int, torch.Tensor], None], bool]:
+    """Chunk writer of Eq. (9) logits ``[n, C]`` for a ``[D, H, W]`` map, and
     whether the exp-first softmax is safe for these sigmas."""
     d = embedding.shape[0]
     weight, bias = semantic_linear_form(class_means.to(embedding.dtype), class_sigma.to(embedding.dtype))
     flat = embedding.reshape(d, -1)
 
-    def logits_of(start: int, stop: int) -> torch.Tensor:
+    def logits_into(start: int, stop: int, out: torch.Tensor) -> None:
         # flat[:, a:b].T is a transposed view: BLAS reads it without a copy.
-        return torch.addmm(bias, flat[:, start:stop].transpose(0, 1), weight)
+        torch.addmm(bias, flat[:, start:stop].transpose(0, 1), weight, out=out)
 
     exp_first = 1.0 / float(class_sigma.max()) ** 2 < _EXP_FIRST_LIMIT
-    return logits_of, exp_first
+    return logits_into, exp_first
 
 
-def _given_logits(logits: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
-    """Chunk producer for separate-branch logits ``[C, H, W]`` (ablation)."""
+def _given_logits(logits: torch.Tensor) -> Callable[[int, int, torch.Tensor], None]:
+    """Chunk writer for separate-branch logits ``[C, H, W]`` (ablation)."""
     flat = logits.reshape(logits.shape[0], -1)
-    return lambda start, stop: flat[:, start:stop].transpose(0, 1).contiguous()
+
+    def logits_into(start: int, stop: int, out: torch.Tensor) -> None:
+        out.copy_(flat[:, start:stop].transpose(0, 1))
+
+    return logits_into
 
 
 def semantic_assignment(
@@ -198,11 +223,16 @@ def semantic_assignment(
     Returns:
         ``(labels [H, W] int64 train ids, psi_max [H, W])``.
     """
-    _, h, w = embedding.shape
-    logits_of, exp_first = _embedding_logits(embedding, class_means, class_sigma)
-    num_classes = class_means.shape[0]
-    label, _, psi = _semantic_pass(logits_of, h * w, num_classes, 0.0, num_classes, embedding, chunk, exp_first)
-    return label.view(h, w), psi.view(h, w)
+    d, h, w = embedding.shape
+    weight, bias = semantic_linear_form(class_means.to(embedding.dtype), class_sigma.to(embedding.dtype))
+    flat = embedding.reshape(d, h * w)
+    labels = torch.empty(h * w, dtype=torch.long, device=embedding.device)
+    psi = torch.empty(h * w, dtype=embedding.dtype, device=embedding.device)
+    for start in range(0, h * w, chunk):
+        stop = min(start + chunk, h * w)
+        block = torch.softmax(torch.addmm(bias, flat[:, start:stop].transpose(0, 1), weight), dim=1)
+        torch.max(block, dim=1, out=(psi[start:stop], labels[start:stop]))
+    return labels.view(h, w), psi.view(h, w)
 
 
 # --------------------------------------------------------------------------- seeds
@@ -219,10 +249,10 @@ def find_seeds(
     """Candidate seeds: local maxima of the seed map above ``threshold`` (Sec. 3.5).
 
     The same pixels as ``kernel x kernel`` max-pool NMS on ``seed * allowed``
-    followed by thresholding, but only the pixels above the threshold are
-    inspected (one gather per neighbour offset into a zero-padded copy), which is
-    much cheaper than pooling the whole map. Ties on a plateau are broken by
-    raster index, so a flat peak gives few seeds, not all of its pixels.
+    (zero padding) followed by thresholding, but only the pixels above the
+    threshold are inspected, with one gather per neighbour offset, which is much
+    cheaper than pooling the whole map. Ties on a plateau are broken by raster
+    index, so a flat peak gives few seeds, not all of its pixels.
 
     Args:
         seed: ``[H, W]`` seed scores (non-negative).
@@ -236,29 +266,29 @@ def find_seeds(
         descending score, ties by ascending index.
     """
     h, w = seed.shape
-    r = kernel // 2
-    wp = w + 2 * r
-    padded = torch.zeros(h + 2 * r, wp, dtype=seed.dtype, device=seed.device)
-    inner = padded[r : r + h, r : r + w]
-    torch.mul(seed, allowed, out=inner)
-    rows, cols = torch.nonzero(inner > threshold, as_tuple=True)
-    index_p = (rows + r) * wp + (cols + r)
-    flat_p = padded.reshape(-1)
-    score = flat_p[index_p]
+    above = torch.gt(seed, threshold).logical_and_(allowed)
+    rows, cols = torch.nonzero(above, as_tuple=True)
+    flat_seed, flat_allowed = seed.reshape(-1), allowed.reshape(-1)
+    index = rows * w + cols
+    score = flat_seed[index]
     keep = torch.ones_like(score, dtype=torch.bool)
+    r = kernel // 2
     # One gather per neighbour offset (8 for 3x3): a loop over offsets, not pixels.
     # Tie rule "win against an equal neighbour of larger raster index" reduces to
     # the sign of the offset.
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
-            offset = dy * wp + dx
+            offset = dy * w + dx
             if offset == 0:
                 continue
-            value = flat_p[index_p + offset]
+            nr, nc = rows + dy, cols + dx
+            inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
+            neighbour = (index + offset).clamp_(0, h * w - 1)
+            value = flat_seed[neighbour] * (flat_allowed[neighbour] & inside)
             keep &= (score >= value) if offset > 0 else (score > value)
-    rows, cols, score = rows[keep], cols[keep], score[keep]
+    index, score = index[keep], score[keep]
     order = torch.sort(score, descending=True, stable=True).indices[:max_seeds]
-    return rows[order] * w + cols[order], score[order]
+    return index[order], score[order]
 
 
 def merge_seeds(
@@ -328,18 +358,39 @@ def _instance_weights(
     ).transpose(0, 1).contiguous()
 
 
-def _assign_features(
-    features: torch.Tensor, weight: torch.Tensor, threshold: float, chunk: int
+def _best_seed(
+    features_into: Callable[[int, int, torch.Tensor], None],
+    num_pixels: int,
+    weight: torch.Tensor,
+    threshold: float,
+    chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best seed and its log Phi for channel-major features ``[D+4, Nc]``."""
-    n = features.shape[1]
-    instance = torch.empty(n, dtype=torch.long, device=features.device)
-    best = torch.empty(n, dtype=features.dtype, device=features.device)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        torch.max(features[:, start:stop].transpose(0, 1) @ weight, dim=1, out=(best[start:stop], instance[start:stop]))
+    """Best seed and its log Phi per pixel, from chunks of channel-major features.
+
+    Args:
+        features_into: ``(start, stop, out)`` writes ``[D+4, stop-start]`` features
+            ``[e; rho; |rho|^2; 1]`` into ``out`` (a reused buffer).
+        weight: ``[D+4, K]`` from :func:`_instance_weights`.
+
+    Returns:
+        ``(instance [n] int64, -1 where the best Phi <= threshold; best log Phi [n])``.
+    """
+    num_features, k = weight.shape
+    device, dtype = weight.device, weight.dtype
+    instance = torch.empty(num_pixels, dtype=torch.long, device=device)
+    best = torch.empty(num_pixels, dtype=dtype, device=device)
+    n_max = min(chunk, num_pixels)
+    feat_buf = torch.empty(num_features * n_max, dtype=dtype, device=device)
+    score_buf = torch.empty(n_max, k, dtype=dtype, device=device)
+    for start in range(0, num_pixels, chunk):
+        stop = min(start + chunk, num_pixels)
+        n = stop - start
+        features = feat_buf[: num_features * n].view(num_features, n)
+        features_into(start, stop, features)
+        torch.mm(features.transpose(0, 1), weight, out=score_buf[:n])
+        torch.max(score_buf[:n], dim=1, out=(best[start:stop], instance[start:stop]))
     log_threshold = math.log(threshold) if threshold > 0 else -math.inf
-    instance.masked_fill_(~(best > log_threshold), -1)
+    instance.masked_fill_(best <= log_threshold, -1)
     return instance, best
 
 
@@ -380,12 +431,16 @@ def assign_instances(
             torch.zeros(n, dtype=embedding.dtype, device=embedding.device),
         )
     origin = seed_coords.mean(dim=0)
-    rho = coords - origin
-    features = torch.cat(
-        [embedding.transpose(0, 1), rho.transpose(0, 1), rho.pow(2).sum(dim=1)[None], torch.ones_like(rho[:, 0])[None]]
-    )
+
+    def features_into(start: int, stop: int, out: torch.Tensor) -> None:
+        rho = coords[start:stop] - origin
+        out[:d] = embedding[start:stop].transpose(0, 1)
+        out[d : d + 2] = rho.transpose(0, 1)
+        out[d + 2] = rho.pow(2).sum(dim=1)
+        out[d + 3] = 1.0
+
     weight = _instance_weights(seed_embedding, seed_coords, seed_sigma, seed_spatial_sigma, origin)
-    instance, best = _assign_features(features, weight, threshold, chunk)
+    instance, best = _best_seed(features_into, n, weight, threshold, chunk)
     return instance, best.exp()
 
 
@@ -440,45 +495,49 @@ def _upsample_ids(ids: torch.Tensor, factor: int, height: int, width: int) -> to
     return big[:height, :width].contiguous()
 
 
+def _relabel_(label: torch.Tensor, lut: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``label[i] = lut[label[i]]`` in place, chunk by chunk, so the id map reuses the
+    label buffer instead of touching another ``[N]`` int64 of fresh memory."""
+    buf = torch.empty(min(chunk, label.numel()), dtype=label.dtype, device=label.device)
+    for start in range(0, label.numel(), chunk):
+        part = label[start : start + chunk]
+        torch.index_select(lut, 0, part, out=buf[: part.numel()])
+        part.copy_(buf[: part.numel()])
+    return label
+
+
 def _segment_stats(
-    label: torch.Tensor, num_labels: int, factor: int, height: int, width: int, psi: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Full-resolution area, bbox and psi sum of every label of a (decode-resolution) map.
+    label: torch.Tensor, num_labels: int, factor: int, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-resolution area and bbox of every label of a (decode-resolution) map.
 
     Area and bbox are those of the nearest-upsampled map cropped to ``height x
     width``, computed exactly at decode resolution by weighting each decode pixel
     with the number of output pixels its block covers.
 
     Args:
-        label: ``[h, w]`` int32 in ``0..num_labels-1``.
-        psi: ``[h, w]`` per-pixel value summed per label (area-weighted).
+        label: ``[h, w]`` int64 in ``0..num_labels-1``.
 
     Returns:
-        ``(area [L] int64, bbox [L, 4] int64 as x, y, w, h, psi_sum [L] float64)``.
+        ``(area [L] int64, bbox [L, 4] int64 as x, y, w, h)``.
     """
     h, w = label.shape
     device = label.device
-    # Key = position * L + label (not label * size + position): consecutive pixels
-    # then hit neighbouring bins, whereas power-of-two strides between bins thrash
-    # the cache (measured 20x slower).
-    row_base = torch.arange(h, device=device, dtype=label.dtype)[:, None] * num_labels
-    col_base = torch.arange(w, device=device, dtype=label.dtype)[None, :] * num_labels
-    row_keys = torch.add(label, row_base).reshape(-1)
-    row_hits = torch.bincount(row_keys, minlength=h * num_labels).view(h, num_labels)
-    col_hits = torch.bincount(torch.add(label, col_base).reshape(-1), minlength=w * num_labels).view(w, num_labels)
+    # Per (row, label) and (column, label) hit counts. Key = position * L + label,
+    # not label * size + position: consecutive pixels then hit neighbouring bins,
+    # whereas power-of-two strides between bins thrash the cache (20x slower).
+    # One int32 key buffer serves both passes (fresh memory costs page faults).
+    keys = torch.empty(h, w, dtype=torch.int32, device=device)
+    torch.add(label, torch.arange(h, device=device)[:, None] * num_labels, out=keys)
+    row_hits = torch.bincount(keys.reshape(-1), minlength=h * num_labels).view(h, num_labels)
+    torch.add(label, torch.arange(w, device=device)[None, :] * num_labels, out=keys)
+    col_hits = torch.bincount(keys.reshape(-1), minlength=w * num_labels).view(w, num_labels)
     if factor == 1:
         area = row_hits.sum(dim=0)
-        # Per (row, label) sums in the weights' dtype (at most w terms each, so
-        # float32 is accurate), then rows summed in float64: a float32 sum over a
-        # million pixels would drift by ~1e-4.
-        row_psi = torch.bincount(row_keys, weights=psi.reshape(-1), minlength=h * num_labels)
-        psi_sum = row_psi.view(h, num_labels).double().sum(dim=0)
     else:
         block = _block_sizes(height, factor, device)[:, None] * _block_sizes(width, factor, device)[None, :]
-        weights = block.reshape(-1).double()
-        flat = label.reshape(-1)
-        area = torch.bincount(flat, weights=weights, minlength=num_labels).round().long()
-        psi_sum = torch.bincount(flat, weights=weights * psi.reshape(-1).double(), minlength=num_labels)
+        area = torch.bincount(label.reshape(-1), weights=block.reshape(-1).double(), minlength=num_labels)
+        area = area.round().long()
     rows_present, cols_present = row_hits > 0, col_hits > 0
     # argmax returns the first maximal index: first / last row and column present.
     y0 = rows_present.byte().argmax(dim=0)
@@ -488,8 +547,7 @@ def _segment_stats(
     top, left = y0 * factor, x0 * factor
     bottom = ((y1 + 1) * factor).clamp(max=height)
     right = ((x1 + 1) * factor).clamp(max=width)
-    bbox = torch.stack([left, top, right - left, bottom - top], dim=1)
-    return area, bbox, psi_sum
+    return area, torch.stack([left, top, right - left, bottom - top], dim=1)
 
 
 # --------------------------------------------------------------------------- decoder
@@ -649,16 +707,21 @@ def decode_panoptic(
     seed_map = _downsample_maps(seed, f, downsample_mode)[0].to(dtype)
     _, h, w = emb.shape
     sem_view, ins_view = split_views(emb, split_embedding, dim=0)
+    # Output pixels covered by each decode pixel (weights of the stuff psi means).
+    pixel_weight = None
+    if f > 1:
+        block = _block_sizes(height, f, device)[:, None] * _block_sizes(width, f, device)[None, :]
+        pixel_weight = block.reshape(-1).double()
 
     # -- (1) semantics, one pass over pixel-major chunks
     if semantic_logits is not None:
-        logits_of = _given_logits(_downsample_maps(semantic_logits.to(dtype)[perm], f, downsample_mode))
+        logits_into = _given_logits(_downsample_maps(semantic_logits.to(dtype)[perm], f, downsample_mode))
         exp_first = False
     else:
         means = class_means[perm, : sem_view.shape[0]]
-        logits_of, exp_first = _embedding_logits(sem_view, means, class_sigma[perm])
-    label, thing, psi = _semantic_pass(
-        logits_of, h * w, num_stuff, stuff_threshold, void, emb, chunk, exp_first
+        logits_into, exp_first = _embedding_logits(sem_view, means, class_sigma[perm])
+    label, thing, psi_sum = _semantic_pass(
+        logits_into, h * w, num_classes, num_stuff, stuff_threshold, emb, chunk, exp_first, pixel_weight
     )
 
     # -- (2)+(3) seeds on thing pixels, merged greedily with Phi
@@ -679,19 +742,25 @@ def decode_panoptic(
     num_seeds = seed_index.shape[0]
     seed_class = label[seed_index]  # reordered class: seeds lie on thing pixels
 
-    # -- (4) instance masks over thing pixels only, channel-major features [D+4, Nc]
+    # -- (4) instance masks over thing pixels only, in chunks of candidates
     if num_seeds > 0:
         candidates = torch.nonzero(thing).squeeze(1)
         d_ins = ins_flat.shape[0]
-        features = torch.empty(d_ins + 4, candidates.numel(), dtype=dtype, device=device)
-        torch.index_select(ins_flat, 1, candidates, out=features[:d_ins])
         origin = seed_xy.mean(dim=0)
-        torch.sub(row_coord[candidates // w], origin[0], out=features[d_ins])
-        torch.sub(col_coord[candidates % w], origin[1], out=features[d_ins + 1])
-        torch.sum(features[d_ins : d_ins + 2].pow(2), dim=0, out=features[d_ins + 2])
-        features[d_ins + 3] = 1.0
+
+        def features_into(start: int, stop: int, out: torch.Tensor) -> None:
+            index = candidates[start:stop]
+            rows = torch.div(index, w, rounding_mode="floor")
+            torch.index_select(ins_flat, 1, index, out=out[:d_ins])
+            torch.index_select(row_coord, 0, rows, out=out[d_ins])
+            torch.index_select(col_coord, 0, index - rows * w, out=out[d_ins + 1])
+            out[d_ins : d_ins + 2] -= origin[:, None]
+            torch.mul(out[d_ins], out[d_ins], out=out[d_ins + 2])
+            out[d_ins + 2].addcmul_(out[d_ins + 1], out[d_ins + 1])
+            out[d_ins + 3] = 1.0
+
         weight = _instance_weights(seed_emb, seed_xy, seed_sig, seed_ssig, origin)
-        instance, _ = _assign_features(features, weight, mask_threshold, chunk)
+        instance, _ = _best_seed(features_into, candidates.numel(), weight, mask_threshold, chunk)
         # Every thing pixel is relabelled: instance k -> C+1+k, unclaimed -> void.
         label[candidates] = torch.where(instance >= 0, instance + (void + 1), void)
     else:
@@ -700,7 +769,7 @@ def decode_panoptic(
     num_labels = void + 1 + num_seeds
 
     # -- (5)+(6) full-resolution statistics, minimum areas, final ids
-    area, bbox, psi_sum = _segment_stats(label, num_labels, f, height, width, psi.view(h, w))
+    area, bbox = _segment_stats(label, num_labels, f, height, width)
     labels = torch.arange(num_labels, device=device)
     is_inst_label = labels > void
     keep = (area > 0) & (
@@ -711,7 +780,10 @@ def decode_panoptic(
     order = order[keep[order]]
     lut = torch.zeros(num_labels, dtype=torch.long, device=device)
     lut[order] = torch.arange(1, order.numel() + 1, device=device)
-    panoptic = _upsample_ids(lut[label], f, height, width)
+    if f == 1:
+        panoptic = _relabel_(label.reshape(-1), lut, chunk).view(h, w)
+    else:
+        panoptic = _upsample_ids(lut[label], f, height, width)
 
     # Per decode label: original category id and score.
     category = perm[torch.cat([labels[:void], labels.new_zeros(1), seed_class])]
