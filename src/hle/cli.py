@@ -194,7 +194,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hle.config import apply_overrides, config_from_dict, config_to_dict, parse_overrides
-    from hle.engine.build import build_mapper, load_records
+    from hle.engine.build import build_mapper, decoder_kwargs, load_records
     from hle.engine.inference import evaluate_records
     from hle.engine.writers import CocoPanopticWriter
 
@@ -223,7 +223,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         metadata,
         build_mapper(config, metadata, train=False),
         flip=flip,
-        decoder_kwargs=config.eval.decoder,
+        decoder_kwargs=decoder_kwargs(config),
         on_prediction=writer.add,
         progress=True,
     )

@@ -21,6 +21,7 @@ __all__ = [
     "build_mapper",
     "build_loss_options",
     "loss_stride",
+    "decoder_kwargs",
 ]
 
 
@@ -37,6 +38,9 @@ def build_model(config: Config, num_classes: int, *, pretrained: bool = True) ->
 
     m = config.model
     kwargs: dict[str, Any] = dict(m.options)
+    # The "separate softmax branch" ablation needs the extra head on the network.
+    if config.loss.options.get("semantic_branch"):
+        kwargs.setdefault("semantic_branch", True)
     try:
         return HLENet(
             m.backbone,
@@ -121,3 +125,15 @@ def device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def decoder_kwargs(config: Config) -> dict[str, Any]:
+    """Keyword arguments of ``decode_panoptic`` from ``config.eval.decoder``.
+
+    The split-embedding ablation must decode the way it was trained, so
+    ``split_embedding`` follows ``loss.options`` unless the decoder section sets it.
+    """
+    kwargs = dict(config.eval.decoder)
+    if config.loss.options.get("split_embedding"):
+        kwargs.setdefault("split_embedding", True)
+    return kwargs

@@ -3,7 +3,7 @@
 This module owns the few facts the trainer needs about distribution: whether the
 process was started by ``torchrun`` (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in the
 environment), the backend (NCCL on CUDA, Gloo on CPU), the device of this rank, and
-wrapping a model with SyncBatchNorm + DDP. A single process is the degenerate case
+wrapping a model with SyncBatchNorm (CUDA) + DDP. A single process is the degenerate case
 ``world_size = 1`` and takes the same code path everywhere else.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "wrap_model", "unwrap_model", "all_reduce_mean", "barrier", "broadcast_object"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "wrap_model", "unwrap_model", "all_reduce_mean", "average_buffers", "barrier", "broadcast_object"]
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,16 @@ def shutdown_distributed() -> None:
 
 
 def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
-    """SyncBatchNorm + DistributedDataParallel when distributed; the model otherwise."""
+    """SyncBatchNorm + DistributedDataParallel when distributed; the model otherwise.
+
+    SyncBatchNorm needs CUDA (PyTorch refuses it in DDP on CPU), so with Gloo on CPU the
+    batch statistics stay per process; DDP still broadcasts rank 0's running
+    statistics every step, so the replicas stay identical.
+    """
     if not info.distributed:
         return model
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     # find_unused_parameters: an ablation switch (e.g. the softmax branch) may leave a
     # head unused in the loss.
@@ -96,6 +102,21 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float
     dist.all_reduce(t)
     t /= info.world_size
     return dict(zip(keys, t.tolist()))
+
+
+def average_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over processes.
+
+    DDP broadcasts rank 0's buffers at the start of every forward, so after the last
+    step each replica holds its own update; averaging makes them identical before an
+    evaluation or a checkpoint (and uses every process's data, unlike a broadcast).
+    """
+    if not info.distributed:
+        return
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf /= info.world_size
 
 
 def barrier(info: DistInfo) -> None:

@@ -30,7 +30,7 @@ from hle.config import Config, config_from_dict, config_to_dict
 from hle.core.kernels import IGNORE_LABEL
 from hle.core.types import HLEOutputs, PanopticTargets
 from hle.engine import distributed as hdist
-from hle.engine.build import build_loss_options, build_mapper, build_model, load_records, loss_stride
+from hle.engine.build import build_loss_options, build_mapper, build_model, decoder_kwargs, load_records, loss_stride
 from hle.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from hle.engine.optim import PolySchedule, build_optimizer
 from hle.engine.sampling import ResumableSampler, SeededDataset
@@ -42,7 +42,7 @@ CHECKPOINT_VERSION = 1
 
 @dataclass
 class TrainResult:
-    """What a call to :func:`train` did."""
+    """What a call to :func:`train` did (``model``: the trained network, unwrapped)."""
 
     out_dir: Path
     step: int
@@ -52,6 +52,7 @@ class TrainResult:
     best_pq: float | None
     last_metrics: dict[str, Any] = field(default_factory=dict)
     steps_per_s: float = 0.0
+    model: nn.Module | None = field(default=None, repr=False)
 
 
 def subsample_targets(targets: PanopticTargets, stride: int, size: tuple[int, int]) -> PanopticTargets:
@@ -327,13 +328,14 @@ def train(
 
         if val_records is None:
             return {}
+        hdist.average_buffers(model, info)
         result = evaluate_records(
             model,
             val_records[: tc.eval_images] if tc.eval_images else val_records,
             metadata,
             build_mapper(config, metadata, train=False),
             flip=config.eval.flip,
-            decoder_kwargs=config.eval.decoder,
+            decoder_kwargs=decoder_kwargs(config),
             info=info,
             num_previews=3 if writer is not None else 0,
         )
@@ -349,6 +351,7 @@ def train(
         return metrics
 
     def save(path: Path, finished: bool) -> None:
+        hdist.average_buffers(model, info)
         if info.is_main:
             save_checkpoint(
                 _checkpoint_state(
@@ -477,4 +480,5 @@ def train(
         best_pq=best_pq,
         last_metrics=last_metrics,
         steps_per_s=steps_this_run / max(run_s, 1e-9),
+        model=model,
     )

@@ -136,6 +136,7 @@ def predict_images(
     Returns:
         The id PNG paths written.
     """
+    from hle.engine.build import decoder_kwargs
     from hle.engine.inference import decode_outputs, run_model, to_dataset_ids
     from hle.visualize import class_palette, colorize_panoptic, overlay, save_png
 
@@ -155,7 +156,7 @@ def predict_images(
     for path in iterator:
         original, image = prepare_image(path, loaded.config.data.max_side)
         outputs = run_model(loaded.model, image[None].to(device), flip=flip)
-        result = decode_outputs(loaded.model, outputs, metadata.is_thing, loaded.config.eval.decoder)[0]
+        result = decode_outputs(loaded.model, outputs, metadata.is_thing, decoder_kwargs(loaded.config))[0]
         pan, segments = to_dataset_ids(result, metadata)
         h, w = original.shape[:2]
         if pan.shape != (h, w):
