@@ -306,7 +306,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hle`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # KEY=VALUE overrides may come after options (``hle train cfg --out d a.b=1``);
+    # argparse would call those "unrecognized", so they are collected here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        unknown = [e for e in extra if "=" not in e or e.startswith("-")]
+        if unknown or not hasattr(args, "overrides"):
+            parser.parse_args(argv)  # reports the unrecognized arguments, exits 2
+        args.overrides = list(args.overrides) + extra
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         code = func(args)
