@@ -277,18 +277,15 @@ def _semantic_terms(
         seg = torch.stack(per_image).mean() if per_image else _zero(sem)
     else:
         logits = semantic_logits(sem.reshape(b * n, ds), means, class_sigma)   # [C, B*N], Eq. (9)
-        logits = logits.reshape(c, b, n).transpose(0, 1)                         # [B, C, N]
         if options.embedding_loss == "cross_entropy":
-            ce = F.cross_entropy(logits, safe_labels, reduction="none")
-            seg = (ce * valid).sum() / count.clamp_min(1)
+            ce = F.cross_entropy(logits.T, safe_labels.reshape(-1), reduction="none")
+            seg = (ce * valid.reshape(-1)).sum() / count.clamp_min(1)
+        elif options.seg_per_image:
+            probas = torch.softmax(logits.view(c, b, n).transpose(0, 1), dim=1)   # [B, C, N]
+            seg = lovasz_softmax_rows(probas, labels, valid).mean()
         else:
-            probas = torch.softmax(logits, dim=1)
-            if options.seg_per_image:
-                seg = lovasz_softmax_rows(probas, labels, valid).mean()
-            else:
-                seg = lovasz_softmax_rows(
-                    probas.transpose(0, 1).reshape(1, c, b * n), labels.reshape(1, b * n),
-                    valid.reshape(1, b * n))[0]
+            probas = torch.softmax(logits, dim=0)[None]                           # [1, C, B*N]
+            seg = lovasz_softmax_rows(probas, labels.reshape(1, b * n), valid.reshape(1, b * n))[0]
 
     if not options.vq_means or branch_logits is not None:
         return seg, _zero(means)
