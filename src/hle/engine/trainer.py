@@ -417,6 +417,9 @@ def train(
                         writer.add_scalar("lr/class", optimizer.param_groups[-1]["lr"], step)
                     log_acc, log_n = {}, 0
                 if bar is not None:
+                    if time_budget is not None and schedule.last_progress > 0.01:
+                        # Time-bounded run: the step count at the end of the budget is an estimate.
+                        bar.total = max(step, min(tc.steps, int(round(step / schedule.last_progress))))
                     bar.update(1)
                     run_s = time.perf_counter() - t_start
                     post = _format_losses({k: scalars[k] for k in ("total", "seg", "ins") if k in scalars})
