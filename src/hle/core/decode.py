@@ -271,21 +271,30 @@ def find_seeds(
     flat_seed, flat_allowed = seed.reshape(-1), allowed.reshape(-1)
     index = rows * w + cols
     score = flat_seed[index]
-    keep = torch.ones_like(score, dtype=torch.bool)
     r = kernel // 2
-    # One gather per neighbour offset (8 for 3x3): a loop over offsets, not pixels.
-    # Tie rule "win against an equal neighbour of larger raster index" reduces to
-    # the sign of the offset.
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            offset = dy * w + dx
-            if offset == 0:
-                continue
-            nr, nc = rows + dy, cols + dx
-            inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
-            neighbour = (index + offset).clamp_(0, h * w - 1)
-            value = flat_seed[neighbour] * (flat_allowed[neighbour] & inside)
-            keep &= (score >= value) if offset > 0 else (score > value)
+    if r > 0:
+        # Cheap 1-D pre-filter: on a smooth peak most pixels above the threshold
+        # already lose to their left or right neighbour (same tie rule as below).
+        left, right = (index - 1).clamp_(min=0), (index + 1).clamp_(max=h * w - 1)
+        left_ok = (cols == 0) | (score > flat_seed[left] * flat_allowed[left])
+        right_ok = (cols == w - 1) | (score >= flat_seed[right] * flat_allowed[right])
+        survive = left_ok & right_ok
+        rows, cols, index, score = rows[survive], cols[survive], index[survive], score[survive]
+    # All neighbour offsets at once: [M, k*k-1] gathers, not a loop over pixels.
+    dy, dx = torch.meshgrid(
+        torch.arange(-r, r + 1, device=seed.device), torch.arange(-r, r + 1, device=seed.device), indexing="ij"
+    )
+    dy, dx = dy.reshape(-1), dx.reshape(-1)
+    centre = dy.numel() // 2
+    dy, dx = torch.cat([dy[:centre], dy[centre + 1 :]]), torch.cat([dx[:centre], dx[centre + 1 :]])
+    nr, nc = rows[:, None] + dy, cols[:, None] + dx
+    inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
+    neighbour = nr.clamp(0, h - 1) * w + nc.clamp(0, w - 1)
+    value = flat_seed[neighbour] * (flat_allowed[neighbour] & inside)
+    # Tie rule "win against an equal neighbour of larger raster index": neighbours
+    # after the centre in raster order are exactly the second half of the offsets.
+    later = torch.arange(dy.numel(), device=seed.device) >= centre
+    keep = torch.where(later, score[:, None] >= value, score[:, None] > value).all(dim=1)
     index, score = index[keep], score[keep]
     order = torch.sort(score, descending=True, stable=True).indices[:max_seeds]
     return index[order], score[order]
