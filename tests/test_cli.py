@@ -55,8 +55,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _check_coco_panoptic(json_path: Path, png_folder: Path, category_ids: set[int]) -> None:
     index = json.loads(json_path.read_text())
     assert {"images", "annotations", "categories"} <= set(index) and index["annotations"]
+    sizes = {im["id"]: (im["height"], im["width"]) for im in index["images"]}
     for ann in index["annotations"]:
         rgb = np.asarray(Image.open(png_folder / ann["file_name"]).convert("RGB")).astype(np.int64)
+        assert rgb.shape[:2] == sizes[ann["image_id"]] == (64, 96)
         ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
         listed = {s["id"] for s in ann["segments_info"]}
         assert set(np.unique(ids).tolist()) - {0} == listed  # every id in the PNG is described
@@ -64,10 +66,15 @@ def _check_coco_panoptic(json_path: Path, png_folder: Path, category_ids: set[in
             assert s["category_id"] in category_ids and s["area"] == int((ids == s["id"]).sum())
 
 
-def test_evaluate_prints_pq_and_writes_coco_panoptic(trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("resize", [[], ["data.max_side=64"]], ids=["native", "max_side"])
+def test_evaluate_prints_pq_and_writes_coco_panoptic(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], resize: list[str]
+) -> None:
+    # With a max side (64 < 96) the network sees a smaller image; predictions and PQ must
+    # still be at the dataset's original resolution.
     out = tmp_path / "eval"
     code = main(["evaluate", str(trained["checkpoint"]), "--data", "synthetic", "--root", str(trained["data"]),
-                 "--out", str(out), "--no-flip", "eval.decoder.min_stuff_area=8"])
+                 "--out", str(out), "--no-flip", "eval.decoder.min_stuff_area=8", *resize])
     assert code == 0
     text = capsys.readouterr().out
     assert "Things" in text and "Stuff" in text

@@ -162,6 +162,9 @@ class TrainConfig:
         amp: mixed precision; honoured on CUDA only.
         seed: seeds the model init, data order and augmentations.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        threads: torch intra-op CPU threads (``None``: torch's default). On a small
+            shared CPU, one compute thread plus one data worker avoids OpenMP threads
+            spinning against each other.
     """
 
     steps: int = 90000
@@ -174,6 +177,7 @@ class TrainConfig:
     amp: bool = True
     seed: int = 0
     device: str = "auto"
+    threads: Union[int, None] = None
 
 
 @dataclass

@@ -29,6 +29,11 @@ __all__ = [
     "EvalOutput",
     "summarize_metrics",
     "preview_panel",
+    "CachedSample",
+    "resize_ids",
+    "original_ground_truth",
+    "cache_outputs",
+    "evaluate_cached",
 ]
 
 
@@ -136,6 +141,21 @@ def to_dataset_ids(result: PanopticResult, metadata: Any) -> tuple[np.ndarray, l
     return pan, segments
 
 
+def resize_ids(ids: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a ``[h, w]`` id map to ``[height, width]``."""
+    if ids.shape == (height, width):
+        return ids
+    t = torch.from_numpy(np.ascontiguousarray(ids)).double()[None, None]
+    return torch.nn.functional.interpolate(t, size=(height, width), mode="nearest")[0, 0].long().numpy()
+
+
+def original_ground_truth(record: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The record's panoptic id map as stored on disk, and its ``segments_info``."""
+    from hle.data.panoptic_io import read_panoptic
+
+    return read_panoptic(record["pan_seg_file_name"]).astype(np.int64), list(record["segments_info"])
+
+
 def summarize_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """Flatten a panopticapi-style summary into the engine's 0-100 metric keys.
 
@@ -232,8 +252,12 @@ def evaluate_records(
         outputs = run_model(model, image, flip=flip)
         result = decode_outputs(model, outputs, is_thing, decoder_kwargs)[0]
         pan, segments = to_dataset_ids(result, metadata)
-        gt_pan = sample["panoptic"].numpy()
-        gt_segments = sample["segments_info"]
+        gt_pan, gt_segments = sample["panoptic"].numpy(), sample["segments_info"]
+        if gt_pan.shape != (sample["height"], sample["width"]):
+            # Input resized by max side (COCO 640, Vistas 2048): evaluate at the original
+            # resolution against the original ground truth, like the official tools.
+            pan = resize_ids(pan, sample["height"], sample["width"])
+            gt_pan, gt_segments = original_ground_truth(records[i])
         evaluator.process(gt_pan, gt_segments, pan, segments, image_id=records[i].get("image_id"))
         if on_prediction is not None:
             on_prediction(records[i], pan, segments)
@@ -250,3 +274,50 @@ def evaluate_records(
         for k, v in summary.get("per_class", {}).items()
     }
     return EvalOutput(metrics, summary, previews)
+
+
+@dataclass
+class CachedSample:
+    """Network outputs of one image kept for repeated decoding (threshold searches)."""
+
+    record: dict[str, Any]
+    outputs: HLEOutputs
+    gt_pan: np.ndarray
+    gt_segments: list[dict[str, Any]]
+
+
+@torch.no_grad()
+def cache_outputs(
+    model: nn.Module, records: Sequence[dict[str, Any]], mapper: Callable[..., dict[str, Any]], *, flip: bool = False
+) -> list[CachedSample]:
+    """Run the network once per record and keep outputs + ground truth on the CPU.
+
+    Decoder thresholds can then be searched (grid, Optuna) with :func:`evaluate_cached`
+    without re-running the network.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    cached = []
+    for i, record in enumerate(records):
+        sample = mapper(record, index=i)
+        out = run_model(model, sample["image"][None].to(device), flip=flip)
+        gt_pan, gt_segments = sample["panoptic"].numpy(), sample["segments_info"]
+        if gt_pan.shape != (sample["height"], sample["width"]):
+            gt_pan, gt_segments = original_ground_truth(record)
+        cached.append(CachedSample(record, HLEOutputs(*(None if t is None else t.cpu() for t in out)), gt_pan, gt_segments))
+    return cached
+
+
+def evaluate_cached(
+    model: nn.Module, cached: Sequence[CachedSample], metadata: Any, decoder_kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Metrics (0-100, as :func:`summarize_metrics`) of decoding ``cached`` outputs."""
+    from hle.evaluation import PanopticEvaluator
+
+    evaluator = PanopticEvaluator([c for c in metadata.categories if not c.get("ignore", False)])
+    for item in cached:
+        result = decode_outputs(model.cpu(), item.outputs, metadata.is_thing, decoder_kwargs)[0]
+        pan, segments = to_dataset_ids(result, metadata)
+        pan = resize_ids(pan, *item.gt_pan.shape)
+        evaluator.process(item.gt_pan, item.gt_segments, pan, segments)
+    return summarize_metrics(evaluator.evaluate())

@@ -262,6 +262,8 @@ def train(
             say("warning: model section differs from the checkpoint's; using the checkpoint's")
             config.model = saved.model
 
+    if tc.threads:
+        torch.set_num_threads(int(tc.threads))
     torch.manual_seed(tc.seed)
     train_records, metadata = load_records(config.data.name, config.data.root, config.data.train_split)
     val_records = None

@@ -60,12 +60,12 @@ class CocoPanopticWriter:
         when it was made at another resolution (e.g. after a max-side resize), so the
         files line up with the dataset's ground truth.
         """
+        from hle.engine.inference import resize_ids
+
         pan = np.asarray(panoptic, dtype=np.int64)
         h = int(record.get("height") or pan.shape[0])
         w = int(record.get("width") or pan.shape[1])
-        if pan.shape != (h, w):
-            t = torch.from_numpy(pan)[None, None].float()
-            pan = torch.nn.functional.interpolate(t, size=(h, w), mode="nearest")[0, 0].long().numpy()
+        pan = resize_ids(pan, h, w)
         present = set(np.unique(pan).tolist())
         segments = []
         for s in segments_info:
@@ -137,7 +137,7 @@ def predict_images(
         The id PNG paths written.
     """
     from hle.engine.build import decoder_kwargs
-    from hle.engine.inference import decode_outputs, run_model, to_dataset_ids
+    from hle.engine.inference import decode_outputs, resize_ids, run_model, to_dataset_ids
     from hle.visualize import class_palette, colorize_panoptic, overlay, save_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,16 +159,17 @@ def predict_images(
         result = decode_outputs(loaded.model, outputs, metadata.is_thing, decoder_kwargs(loaded.config))[0]
         pan, segments = to_dataset_ids(result, metadata)
         h, w = original.shape[:2]
-        if pan.shape != (h, w):
-            t = torch.from_numpy(pan)[None, None].float()
-            pan = torch.nn.functional.interpolate(t, size=(h, w), mode="nearest")[0, 0].long().numpy()
+        pan = resize_ids(pan, h, w)
         stem = Path(path).stem
         while stem in used:  # two inputs with the same name from different folders
             stem += "_"
         used.add(stem)
         for s in segments:
-            mask = pan == s["id"]
-            s["area"] = int(mask.sum())
+            # Area and box at the original resolution (the network may have seen a resized image).
+            ys, xs = np.nonzero(pan == s["id"])
+            s["area"] = int(len(ys))
+            if len(ys):
+                s["bbox"] = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
             s["category_name"] = names.get(s["category_id"], str(s["category_id"]))
         segments = [s for s in segments if s["area"] > 0]
         _write_id_png(out_dir / f"{stem}.png", pan)
