@@ -210,7 +210,8 @@ def test_merge_seeds_equals_sequential_greedy() -> None:
     k = 40
     # Few directions and nearby positions so that many pairs merge, in chains.
     base = F.normalize(torch.randn(5, 6, generator=gen, dtype=torch.float64), dim=1)
-    emb = F.normalize(base[torch.randint(0, 5, (k,), generator=gen)] + 0.3 * torch.randn(k, 6, generator=gen, dtype=torch.float64), dim=1)
+    jitter = 0.3 * torch.randn(k, 6, generator=gen, dtype=torch.float64)
+    emb = F.normalize(base[torch.randint(0, 5, (k,), generator=gen)] + jitter, dim=1)
     xy = torch.rand(k, 2, generator=gen, dtype=torch.float64)
     sig = torch.rand(k, generator=gen, dtype=torch.float64) * 0.3 + 0.2
     ssig = torch.rand(k, generator=gen, dtype=torch.float64) * 0.5 + 0.2
@@ -234,7 +235,9 @@ def test_assign_instances_equals_dense_kernel() -> None:
     emb = F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=1)
     xy = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 20
     s_emb = emb[:k] + 0.1
-    s_xy, s_sig, s_ssig = xy[:k], torch.rand(k, dtype=torch.float64, generator=gen) + 0.5, torch.rand(k, dtype=torch.float64, generator=gen) * 5 + 3
+    s_xy = xy[:k]
+    s_sig = torch.rand(k, dtype=torch.float64, generator=gen) + 0.5
+    s_ssig = torch.rand(k, dtype=torch.float64, generator=gen) * 5 + 3
     inst, best = assign_instances(emb, xy, s_emb, s_xy, s_sig, s_ssig, threshold=0.3, chunk=64)
     phi = instance_kernel(emb, xy, s_emb, s_sig, s_xy, s_ssig)  # [K, N]
     ref_best, ref_arg = phi.max(dim=0)
@@ -338,6 +341,48 @@ def test_downsample_recovers_large_instances(factor: int, mode: str) -> None:
         for i in range(1, len(boxes) + 1):
             best = max(iou(result.panoptic == s["id"], inst == i) for s in result.segments_info)
             assert best == 1.0
+
+
+def test_downsample_equals_decoding_the_sampled_maps() -> None:
+    # Reference: sample the block centres by hand, decode them at stride f, and
+    # upsample the ids with repeat_interleave. Same ids, classes and scores.
+    boxes = [(12, 6, 40, 46, 2), (12, 46, 40, 90, 2), (42, 20, 64, 60, 3)]
+    scene = make_scene(boxes, height=64, width=96)
+    f = 4
+    rows, cols = torch.arange(f // 2, 64, f), torch.arange(f // 2, 96, f)
+
+    def sample(x: torch.Tensor) -> torch.Tensor:
+        return x[:, rows][:, :, cols]
+
+    small = decode_panoptic(
+        sample(scene.embedding), sample(scene.sigma), sample(scene.spatial_sigma), sample(scene.seed),
+        scene.class_means, scene.class_sigma, IS_THING, stride=float(f), **LOOSE,
+    )
+    result = decode_panoptic(*scene.inputs(), downsample=f, **LOOSE)
+    expected = small.panoptic.repeat_interleave(f, 0).repeat_interleave(f, 1)
+    assert torch.equal(result.panoptic, expected)
+    for got, ref in zip(result.segments_info, small.segments_info, strict=True):
+        assert (got["category_id"], got["isthing"], got["area"]) == (ref["category_id"], ref["isthing"], ref["area"] * f * f)
+        assert got["score"] == pytest.approx(ref["score"], rel=1e-6)
+
+
+def test_float64_inputs_give_the_same_result() -> None:
+    scene = make_scene(BOXES)
+    single = decode_panoptic(*scene.inputs(), **LOOSE)
+    double = decode_panoptic(*(t.double() if t.is_floating_point() else t for t in scene.inputs()), **LOOSE)
+    assert torch.equal(single.panoptic, double.panoptic)
+    assert [s["area"] for s in single.segments_info] == [s["area"] for s in double.segments_info]
+
+
+def test_nan_pixels_do_not_crash() -> None:
+    # Fault injection: NaN embeddings / seeds must give a valid (if poorer) result.
+    scene = make_scene(BOXES)
+    scene.embedding[:, 15:18, 15:18] = float("nan")
+    scene.embedding[:, 40:44, 0:5] = float("nan")
+    scene.seed[0, 50:52, 70:72] = float("nan")
+    result = decode_panoptic(*scene.inputs(), **LOOSE)
+    check_segments_info(result, 64, 96)
+    assert all(0 <= s["category_id"] < NUM_CLASSES for s in result.segments_info)
 
 
 def test_semantic_logits_path_uses_given_logits() -> None:
@@ -460,7 +505,8 @@ def test_errors_name_the_argument(change: dict, message: str) -> None:
         class_means=scene.class_means, class_sigma=scene.class_sigma, is_thing=IS_THING,
     )
     args.update(change)
-    positional = [args.pop(k) for k in ("embedding", "sigma", "spatial_sigma", "seed", "class_means", "class_sigma", "is_thing")]
+    names = ("embedding", "sigma", "spatial_sigma", "seed", "class_means", "class_sigma", "is_thing")
+    positional = [args.pop(k) for k in names]
     with pytest.raises(ValueError, match=message):
         decode_panoptic(*positional, **args)
 
@@ -468,4 +514,7 @@ def test_errors_name_the_argument(change: dict, message: str) -> None:
 def test_decode_batch_rejects_unbatched() -> None:
     scene = make_scene(BOXES)
     with pytest.raises(ValueError, match="B, D, H, W"):
-        decode_batch(HLEOutputs(scene.embedding, scene.sigma, scene.spatial_sigma, scene.seed), scene.class_means, scene.class_sigma, IS_THING)
+        decode_batch(
+            HLEOutputs(scene.embedding, scene.sigma, scene.spatial_sigma, scene.seed),
+            scene.class_means, scene.class_sigma, IS_THING,
+        )

@@ -167,8 +167,9 @@ def _semantic_pass(
             torch.sum(block.sub_(top[:, None]).exp_(), dim=1, out=sums)
             torch.reciprocal(sums, out=psi)
         torch.ge(label_c, num_stuff, out=thing_c)
-        torch.lt(psi, stuff_threshold, out=low)
-        low.logical_and_(~thing_c)
+        # "not >=" rather than "<": a NaN psi counts as below the threshold.
+        torch.ge(psi, stuff_threshold, out=low)
+        low.logical_not_().logical_and_(~thing_c)
         label_c.masked_fill_(low, num_classes)
         # Stuff labels are final after this pass, so their psi sums can be taken
         # now, in float64: bincount accumulates in the weights' dtype, and float32
@@ -399,7 +400,8 @@ def _best_seed(
         torch.mm(features.transpose(0, 1), weight, out=score_buf[:n])
         torch.max(score_buf[:n], dim=1, out=(best[start:stop], instance[start:stop]))
     log_threshold = math.log(threshold) if threshold > 0 else -math.inf
-    instance.masked_fill_(best <= log_threshold, -1)
+    # "not >" rather than "<=": a NaN score joins no instance.
+    instance.masked_fill_(~(best > log_threshold), -1)
     return instance, best
 
 
