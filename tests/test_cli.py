@@ -26,6 +26,7 @@ def test_help_is_complete(command: list[str], capsys: pytest.CaptureFixture[str]
         assert word in text
 
 
+@pytest.mark.slow
 def test_console_script_runs() -> None:
     exe = Path(sys.executable).with_name("hle")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hle.cli"]
