@@ -180,20 +180,37 @@ def _semantic_pass(
 
 
 def _embedding_logits(
-    embedding: torch.Tensor, class_means: torch.Tensor, class_sigma: torch.Tensor
+    embedding: torch.Tensor, class_means: torch.Tensor, class_sigma: torch.Tensor, chunk: int
 ) -> tuple[Callable[[int, int, torch.Tensor], None], bool]:
-    """Chunk writer of Eq. (9) logits ``[n, C]`` for a ``[D, H, W]`` map, and
-    whether the exp-first softmax is safe for these sigmas."""
-    d = embedding.shape[0]
+    """Chunk writer of Eq. (9) logits ``[n, C]`` for a ``[D, h, w]`` map, and
+    whether the exp-first softmax is safe for these sigmas.
+
+    ``embedding`` may be a strided view (the block centres of a full map): chunks
+    are then whole rows copied into one reused buffer, so no downsampled copy of
+    the map is allocated (fresh memory costs page faults). ``chunk`` must then be
+    a multiple of ``w``.
+    """
+    d, _, w = embedding.shape
     weight, bias = semantic_linear_form(class_means.to(embedding.dtype), class_sigma.to(embedding.dtype))
-    flat = embedding.reshape(d, -1)
-
-    def logits_into(start: int, stop: int, out: torch.Tensor) -> None:
-        # flat[:, a:b].T is a transposed view: BLAS reads it without a copy.
-        torch.addmm(bias, flat[:, start:stop].transpose(0, 1), weight, out=out)
-
     exp_first = 1.0 / float(class_sigma.max()) ** 2 < _EXP_FIRST_LIMIT
-    return logits_into, exp_first
+    if embedding.is_contiguous():
+        flat = embedding.reshape(d, -1)
+
+        def logits_into(start: int, stop: int, out: torch.Tensor) -> None:
+            # flat[:, a:b].T is a transposed view: BLAS reads it without a copy.
+            torch.addmm(bias, flat[:, start:stop].transpose(0, 1), weight, out=out)
+
+        return logits_into, exp_first
+
+    rows_buf = torch.empty(d * chunk, dtype=embedding.dtype, device=embedding.device)
+
+    def logits_into_rows(start: int, stop: int, out: torch.Tensor) -> None:
+        r0, r1 = start // w, stop // w
+        rows = rows_buf[: d * (stop - start)]
+        rows.view(d, r1 - r0, w).copy_(embedding[:, r0:r1])
+        torch.addmm(bias, rows.view(d, stop - start).transpose(0, 1), weight, out=out)
+
+    return logits_into_rows, exp_first
 
 
 def _given_logits(logits: torch.Tensor) -> Callable[[int, int, torch.Tensor], None]:
@@ -712,12 +729,36 @@ def decode_panoptic(
     void = num_classes
 
     # -- (0) decode resolution (Supplementary C)
-    emb = _downsample_maps(embedding, f, downsample_mode)
-    if f > 1 and downsample_mode == "avg":
-        emb = F.normalize(emb, dim=0)
+    off = f // 2
+    if (
+        f > 1 and downsample_mode == "sample" and not split_embedding
+        and (height - 1) % f >= off and (width - 1) % f >= off
+    ):
+        # Block centres as a strided view of the full map (every block has its
+        # centre inside the image): the semantic pass copies them a few rows at a
+        # time and instance features gather them from the full map, so no
+        # downsampled copy of the embedding is allocated.
+        sem_view = embedding[:, off::f, off::f]
+        _, h, w = sem_view.shape
+        ins_src = embedding.reshape(embedding.shape[0], -1)
+        chunk = max(1, chunk // w) * w
+
+        def source_index(index: torch.Tensor) -> torch.Tensor:
+            r = torch.div(index, w, rounding_mode="floor")
+            return (r * f + off) * width + (index - r * w) * f + off
+
+    else:
+        emb = _downsample_maps(embedding, f, downsample_mode)
+        if f > 1 and downsample_mode == "avg":
+            emb = F.normalize(emb, dim=0)
+        _, h, w = emb.shape
+        sem_view, ins_view = split_views(emb, split_embedding, dim=0)
+        ins_src = ins_view.reshape(ins_view.shape[0], -1)
+
+        def source_index(index: torch.Tensor) -> torch.Tensor:
+            return index
+
     seed_map = _downsample_maps(seed, f, downsample_mode)[0].to(dtype)
-    _, h, w = emb.shape
-    sem_view, ins_view = split_views(emb, split_embedding, dim=0)
     # Output pixels covered by each decode pixel (weights of the stuff psi means).
     pixel_weight = None
     if f > 1:
@@ -730,20 +771,19 @@ def decode_panoptic(
         exp_first = False
     else:
         means = class_means[perm, : sem_view.shape[0]]
-        logits_into, exp_first = _embedding_logits(sem_view, means, class_sigma[perm])
+        logits_into, exp_first = _embedding_logits(sem_view, means, class_sigma[perm], chunk)
     label, thing, psi_sum = _semantic_pass(
-        logits_into, h * w, num_classes, num_stuff, stuff_threshold, emb, chunk, exp_first, pixel_weight
+        logits_into, h * w, num_classes, num_stuff, stuff_threshold, embedding, chunk, exp_first, pixel_weight
     )
 
     # -- (2)+(3) seeds on thing pixels, merged greedily with Phi
     row_coord = pixel_coordinates(h, 1, stride=stride * f, coord_scale=coord_scale, device=device, dtype=dtype)[:, 0]
     col_coord = pixel_coordinates(1, w, stride=stride * f, coord_scale=coord_scale, device=device, dtype=dtype)[:, 1]
-    ins_flat = ins_view.reshape(ins_view.shape[0], h * w)
     seed_index, seed_score = find_seeds(
         seed_map, thing.view(h, w), threshold=seed_threshold, kernel=nms_kernel, max_seeds=max_instances
     )
     seed_row, seed_col = seed_index // w, seed_index % w
-    seed_emb = ins_flat[:, seed_index].transpose(0, 1)
+    seed_emb = ins_src[:, source_index(seed_index)].transpose(0, 1)
     seed_xy = torch.stack([row_coord[seed_row], col_coord[seed_col]], dim=1)
     seed_sig = _read_at(sigma[0], seed_row, seed_col, f, downsample_mode).to(dtype)
     seed_ssig = _read_at(spatial_sigma[0], seed_row, seed_col, f, downsample_mode).to(dtype)
@@ -756,13 +796,13 @@ def decode_panoptic(
     # -- (4) instance masks over thing pixels only, in chunks of candidates
     if num_seeds > 0:
         candidates = torch.nonzero(thing).squeeze(1)
-        d_ins = ins_flat.shape[0]
+        d_ins = ins_src.shape[0]
         origin = seed_xy.mean(dim=0)
 
         def features_into(start: int, stop: int, out: torch.Tensor) -> None:
             index = candidates[start:stop]
             rows = torch.div(index, w, rounding_mode="floor")
-            torch.index_select(ins_flat, 1, index, out=out[:d_ins])
+            torch.index_select(ins_src, 1, source_index(index), out=out[:d_ins])
             torch.index_select(row_coord, 0, rows, out=out[d_ins])
             torch.index_select(col_coord, 0, index - rows * w, out=out[d_ins + 1])
             out[d_ins : d_ins + 2] -= origin[:, None]
