@@ -196,7 +196,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hle.config import apply_overrides, config_from_dict, config_to_dict, parse_overrides
     from hle.engine.build import build_mapper, decoder_kwargs, load_records
     from hle.engine.inference import evaluate_records
-    from hle.engine.writers import CocoPanopticWriter
+    from hle.engine.writers import dataset_prediction_writer
 
     loaded = _load_checkpoint_model(args.checkpoint, args.device)
     config = loaded.config
@@ -215,7 +215,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.max_images:
         records = records[: args.max_images]
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{args.split}"
-    writer = CocoPanopticWriter(out, f"panoptic_{args.split}", metadata)
+    writer, add_prediction = dataset_prediction_writer(out, f"panoptic_{args.split}", metadata)
     flip = config.eval.flip if args.flip is None else args.flip
     result = evaluate_records(
         loaded.model,
@@ -224,7 +224,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         build_mapper(config, metadata, train=False),
         flip=flip,
         decoder_kwargs=decoder_kwargs(config),
-        on_prediction=writer.add,
+        on_prediction=add_prediction,
         progress=True,
     )
     json_path = writer.close()

@@ -1,8 +1,9 @@
 """Writing predictions to disk: COCO panoptic files and per-image prediction bundles.
 
-This module owns the engine's file outputs at inference time. :class:`CocoPanopticWriter`
-streams predictions of a dataset split into the COCO panoptic layout that panopticapi,
-cityscapesScripts and ``hle pq`` read (``<name>.json`` + ``<name>/<file>.png`` with
+This module owns the engine's file outputs at inference time.
+:func:`dataset_prediction_writer` connects the evaluation loop to
+:class:`hle.evaluation.CocoPanopticWriter` (the COCO panoptic layout that panopticapi,
+cityscapesScripts and ``hle pq`` read: ``<name>.json`` + ``<name>/<file>.png`` with
 ``id = R + 256 G + 256^2 B``). :func:`predict_images` runs a trained model on arbitrary
 image files and writes, per image, the id PNG, a JSON of its segments and a colour
 overlay.
@@ -12,21 +13,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["CocoPanopticWriter", "predict_images", "prepare_image"]
-
-
-def _write_id_png(path: Path, ids: np.ndarray) -> None:
-    from hle.data.panoptic_io import id_to_rgb
-    from PIL import Image
-
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(id_to_rgb(ids.astype(np.int64))).save(tmp, format="PNG")
-    os.replace(tmp, path)
+__all__ = ["dataset_prediction_writer", "predict_images", "prepare_image"]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -35,71 +27,31 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-class CocoPanopticWriter:
-    """Collect predictions of a split and write them in COCO panoptic format.
+def dataset_prediction_writer(out_dir: str | Path, name: str, metadata: Any) -> tuple[Any, Callable[..., None]]:
+    """A COCO panoptic writer for a dataset split and the callback that feeds it.
 
-    Args:
-        out_dir: folder for ``<name>.json`` and ``<name>/``.
-        name: base name, e.g. ``panoptic_val``.
-        metadata: dataset metadata (its categories go into the JSON).
+    Uses :class:`hle.evaluation.CocoPanopticWriter` (``<out_dir>/<name>.json`` +
+    ``<out_dir>/<name>/``); the callback takes ``(record, panoptic, segments_info)`` with
+    dataset category ids, as :func:`hle.engine.inference.evaluate_records` calls it, and
+    names each PNG after the record's ground-truth PNG so the two folders line up.
+
+    Returns:
+        ``(writer, callback)``; call ``writer.close()`` at the end.
     """
+    from hle.evaluation import CocoPanopticWriter
 
-    def __init__(self, out_dir: str | Path, name: str, metadata: Any) -> None:
-        self.out = Path(out_dir)
-        self.name = name
-        self.folder = self.out / name
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.metadata = metadata
-        self.images: list[dict[str, Any]] = []
-        self.annotations: list[dict[str, Any]] = []
+    categories = [
+        {k: c[k] for k in ("id", "name", "isthing", "color") if k in c}
+        for c in metadata.categories
+        if not c.get("ignore", False)
+    ]
+    writer = CocoPanopticWriter(Path(out_dir) / f"{name}.json", categories=categories)
 
-    def add(self, record: dict[str, Any], panoptic: np.ndarray, segments_info: list[dict[str, Any]]) -> None:
-        """Write one image's id PNG and remember its annotation.
-
-        The prediction is resized (nearest) to the record's original ``height x width``
-        when it was made at another resolution (e.g. after a max-side resize), so the
-        files line up with the dataset's ground truth.
-        """
-        from hle.engine.inference import resize_ids
-
-        pan = np.asarray(panoptic, dtype=np.int64)
-        h = int(record.get("height") or pan.shape[0])
-        w = int(record.get("width") or pan.shape[1])
-        pan = resize_ids(pan, h, w)
-        present = set(np.unique(pan).tolist())
-        segments = []
-        for s in segments_info:
-            if int(s["id"]) not in present:
-                continue
-            mask = pan == int(s["id"])
-            ys, xs = np.nonzero(mask)
-            seg = {
-                "id": int(s["id"]),
-                "category_id": int(s["category_id"]),
-                "iscrowd": 0,
-                "area": int(mask.sum()),
-                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
-            }
-            if "score" in s:
-                seg["score"] = float(s["score"])
-            segments.append(seg)
+    def add(record: dict[str, Any], panoptic: np.ndarray, segments_info: list[dict[str, Any]]) -> None:
         stem = Path(str(record.get("pan_seg_file_name") or record["file_name"])).stem
-        file_name = f"{stem}.png"
-        _write_id_png(self.folder / file_name, pan)
-        image_id = record.get("image_id", stem)
-        self.images.append({"id": image_id, "file_name": Path(str(record["file_name"])).name, "height": h, "width": w})
-        self.annotations.append({"image_id": image_id, "file_name": file_name, "segments_info": segments})
+        writer.add(record.get("image_id", stem), panoptic, segments_info, file_name=f"{stem}.png")
 
-    def close(self) -> Path:
-        """Write ``<name>.json`` (atomically) and return its path."""
-        categories = [
-            {k: c[k] for k in ("id", "name", "isthing", "color") if k in c}
-            for c in self.metadata.categories
-            if not c.get("ignore", False)
-        ]
-        path = self.out / f"{self.name}.json"
-        _write_json(path, {"images": self.images, "annotations": self.annotations, "categories": categories})
-        return path
+    return writer, add
 
 
 def prepare_image(path: str, max_side: int | None) -> tuple[np.ndarray, torch.Tensor]:
@@ -138,6 +90,7 @@ def predict_images(
     """
     from hle.engine.build import decoder_kwargs
     from hle.engine.inference import decode_outputs, resize_ids, run_model, to_dataset_ids
+    from hle.evaluation.io import write_panoptic_png
     from hle.visualize import class_palette, colorize_panoptic, overlay, save_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,7 +125,7 @@ def predict_images(
                 s["bbox"] = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
             s["category_name"] = names.get(s["category_id"], str(s["category_id"]))
         segments = [s for s in segments if s["area"] > 0]
-        _write_id_png(out_dir / f"{stem}.png", pan)
+        write_panoptic_png(out_dir / f"{stem}.png", pan)
         _write_json(
             out_dir / f"{stem}.json",
             {"file_name": str(path), "height": h, "width": w, "segments_info": segments},
