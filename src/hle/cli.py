@@ -172,6 +172,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 1 if result.interrupted else 0  # under torchrun only rank 0 reports
     metrics = {k: v for k, v in result.last_metrics.items() if k != "per_class"}
     if result.interrupted:
         print(f"interrupted at step {result.step}; resume with: hle train {args.config} ... --out {out} --resume", file=sys.stderr)

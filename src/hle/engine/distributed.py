@@ -83,9 +83,10 @@ def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
     if info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    # find_unused_parameters: an ablation switch (e.g. the softmax branch) may leave a
-    # head unused in the loss.
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+    # static_graph: the same parameters take part in every step; an ablation switch that
+    # leaves a head out of the loss (e.g. associative embeddings ignore the sigmas) is
+    # handled without find_unused_parameters' graph traversal on every step.
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, static_graph=True)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
