@@ -99,7 +99,7 @@ class DataConfig:
         min_scale, max_scale: random scale range of the training augmentation.
         crop_around_things: centre crops on thing pixels (Sec. 4.2).
         flip: random horizontal flip while training.
-        jitter: photometric jitter strength (0 disables).
+        jitter: random brightness / contrast / saturation.
         num_workers: DataLoader worker processes.
         options: further keyword arguments for the per-sample mapper, verbatim.
     """
@@ -114,7 +114,7 @@ class DataConfig:
     max_scale: float = 2.0
     crop_around_things: bool = True
     flip: bool = True
-    jitter: float = 0.2
+    jitter: bool = True
     num_workers: int = 2
     options: dict = field(default_factory=dict)
 

@@ -87,7 +87,7 @@ def build_mapper(config: Config, metadata: Any, *, train: bool) -> Any:
             crop_size=tuple(d.crop_size) if d.crop_size else None,
             crop_around_things=d.crop_around_things,
             flip=d.flip,
-            jitter=d.jitter > 0,
+            jitter=d.jitter,
         )
     kwargs.update(d.options)
     try:
