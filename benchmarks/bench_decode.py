@@ -17,7 +17,9 @@ At 1024x2048, D=12, 19 classes (8 things), 30 instances on synthetic maps, times
 
 Targets: full <= 3x floor; ds4 >= 10x faster than full. Timings of one run are
 compared only with each other (same process, same threads, interleaved so that
-load from other users of the machine hits every row alike). Writes
+load from other users of the machine hits every row alike). Wall and process CPU
+time and minor page faults are recorded; a second, back-to-back measurement of
+floor/full/ds4 gives the steady-state (fault-free) cost. Writes
 ``benchmarks/results/bench_decode.json``.
 
 Usage: ``python benchmarks/bench_decode.py [--threads 1 2] [--repeats 7] [--out PATH]``
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import time
@@ -84,7 +87,9 @@ def synthetic_outputs(seed: int = 0) -> dict[str, torch.Tensor]:
     )
 
 
-def semantic_class_major(embedding: torch.Tensor, means: torch.Tensor, sigma: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
+def semantic_class_major(
+    embedding: torch.Tensor, means: torch.Tensor, sigma: torch.Tensor, chunk: int = 32768
+) -> torch.Tensor:
     """The unavoidable work: argmax of Eq. (9) logits in chunks, nothing else.
 
     Written as fast as we could: class-major ``[C, n]`` chunks (``[C, D] @ [D, n]``),
@@ -114,7 +119,9 @@ def semantic_class_major(embedding: torch.Tensor, means: torch.Tensor, sigma: to
     return out.view(h, w)
 
 
-def semantic_pixel_major(embedding: torch.Tensor, means: torch.Tensor, sigma: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
+def semantic_pixel_major(
+    embedding: torch.Tensor, means: torch.Tensor, sigma: torch.Tensor, chunk: int = 32768
+) -> torch.Tensor:
     """The floor as the issue describes it: pixel-major ``[n, D] @ [D, C]`` chunks + argmax."""
     d, h, w = embedding.shape
     weight, bias = semantic_linear_form(means, sigma)
@@ -149,21 +156,29 @@ def cpu_model() -> str:
 
 def time_interleaved(
     cases: dict[str, Callable[[], object]], repeats: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and process-CPU milliseconds per case; one round = every case once, so
-    load spikes hit all rows alike. On a shared machine the CPU time (time this
-    process actually ran) is much less disturbed by other users than wall time."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[int]]]:
+    """Wall ms, process-CPU ms and minor page faults per case and round.
+
+    One round = every case once, so load spikes hit all rows alike. On a shared
+    machine the CPU time (time this process actually ran) is much less disturbed
+    by other users than wall time. Page faults are counted because on this VM
+    first-touching fresh memory costs ~2.5 us per 4 KiB page (~10 ms per 16 MB),
+    and whether an allocation is fresh depends on what ran before it.
+    """
     for fn in cases.values():
         fn()  # warm-up (allocator, BLAS threads)
     wall: dict[str, list[float]] = {name: [] for name in cases}
     cpu: dict[str, list[float]] = {name: [] for name in cases}
+    faults: dict[str, list[int]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
+            flt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             cpu[name].append((time.process_time() - start_cpu) * 1e3)
             wall[name].append((time.perf_counter() - start) * 1e3)
-    return wall, cpu
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt)
+    return wall, cpu, faults
 
 
 def main() -> None:
@@ -202,14 +217,24 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         load_before = os.getloadavg()[0]
-        wall, cpu = time_interleaved(cases, args.repeats)
+        wall, cpu, faults = time_interleaved(cases, args.repeats)
         med = {name: statistics.median(v) for name, v in wall.items()}
         med_cpu = {name: statistics.median(v) for name, v in cpu.items()}
         med["floor"] = min(med["floor-pm"], med["floor-cm"])
         med_cpu["floor"] = min(med_cpu["floor-pm"], med_cpu["floor-cm"])
+        # Back-to-back repeats of one case: the allocator recycles the previous
+        # call's memory, so this is the fault-free (steady-state) cost.
+        steady = {}
+        for name in ("floor-pm", "full", "ds4"):
+            _, steady_cpu, steady_faults = time_interleaved({name: cases[name]}, args.repeats)
+            steady[name] = dict(
+                median_cpu_ms=statistics.median(steady_cpu[name]),
+                median_page_faults=statistics.median(steady_faults[name]),
+            )
         runs.append(
             dict(
                 threads=threads,
+                steady_state=steady,
                 load_avg_1min_before=load_before,
                 load_avg_1min_after=os.getloadavg()[0],
                 median_ms=med,
@@ -217,6 +242,7 @@ def main() -> None:
                 median_cpu_ms=med_cpu,
                 all_ms=wall,
                 all_cpu_ms=cpu,
+                median_page_faults={name: statistics.median(v) for name, v in faults.items()},
                 full_over_floor=med["full"] / med["floor"],
                 full_over_ds4=med["full"] / med["ds4"],
                 full_over_floor_cpu=med_cpu["full"] / med_cpu["floor"],
@@ -225,14 +251,20 @@ def main() -> None:
         )
         print(f"\n{HEIGHT}x{WIDTH}, D={DIM}, C={NUM_CLASSES} ({NUM_THINGS} things), {NUM_INSTANCES} instances; "
               f"torch threads={threads}, median of {args.repeats} (load avg {load_before:.2f})")
-        print(f"{'case':10s} {'wall ms':>9s} {'min ms':>8s} {'x floor':>8s} {'cpu ms':>8s} {'x floor':>8s}")
+        header = ("case", "wall ms", "min ms", "x floor", "cpu ms", "x floor", "faults")
+        print("{:10s} {:>9s} {:>8s} {:>8s} {:>8s} {:>8s} {:>7s}".format(*header))
         for name in ["floor", *cases]:
             low = min(wall[name]) if name in wall else float("nan")
+            flt = statistics.median(faults[name]) if name in faults else float("nan")
             print(f"{name:10s} {med[name]:9.1f} {low:8.1f} {med[name] / med['floor']:8.2f} "
-                  f"{med_cpu[name]:8.1f} {med_cpu[name] / med_cpu['floor']:8.2f}")
+                  f"{med_cpu[name]:8.1f} {med_cpu[name] / med_cpu['floor']:8.2f} {flt:7.0f}")
         print(f"full / floor = {med['full'] / med['floor']:.2f} wall, {med_cpu['full'] / med_cpu['floor']:.2f} cpu "
               f"(target <= 3); full / ds4 = {med['full'] / med['ds4']:.1f} wall, "
               f"{med_cpu['full'] / med_cpu['ds4']:.1f} cpu (target >= 10)")
+        print("steady state (back-to-back, cpu ms / faults): " + ", ".join(
+            f"{k} {v['median_cpu_ms']:.1f} / {v['median_page_faults']:.0f}" for k, v in steady.items()
+        ) + f"; full / ds4 = {steady['full']['median_cpu_ms'] / steady['ds4']['median_cpu_ms']:.1f}, "
+          f"full / floor = {steady['full']['median_cpu_ms'] / steady['floor-pm']['median_cpu_ms']:.2f}")
     print(f"instances decoded (of {NUM_INSTANCES} boxes, some overlapping): {decoded}; "
           f"thing pixels: {thing_fraction:.1%}")
 
