@@ -519,3 +519,15 @@ def test_option_checks() -> None:
     assert HLELossOptions(ae_semantic_margins=[1, 2]).ae_semantic_margins == (1.0, 2.0)
     with pytest.raises(ValueError, match="is_thing"):
         HLELoss(torch.zeros(2, 2, dtype=torch.bool))
+
+
+def test_fused_semantic_logits_equal_shared_kernel() -> None:
+    from hle.core.hle_loss import fused_semantic_logits
+    from hle.core.kernels import semantic_logits
+
+    gen = torch.Generator().manual_seed(5)
+    emb = F.normalize(torch.randn(11, 4, generator=gen, dtype=D64), dim=1)
+    means = torch.randn(3, 4, generator=gen, dtype=D64)
+    csig = 0.2 + torch.rand(3, generator=gen, dtype=D64)
+    torch.testing.assert_close(fused_semantic_logits(emb, means, csig),
+                               semantic_logits(emb, means, csig), atol=1e-12, rtol=1e-10)

@@ -26,13 +26,14 @@ from hle.core.kernels import (
     DEFAULT_COORD_SCALE,
     normalize_rows,
     pixel_coordinates,
-    semantic_logits,
     split_views,
 )
 from hle.core.lovasz import lovasz_binary_rows, lovasz_softmax_rows
 from hle.core.types import HLEOutputs, PanopticTargets
 
-__all__ = ["HLELossOptions", "hle_loss", "grid_instance_kernel", "LOSS_TERMS"]
+__all__ = [
+    "HLELossOptions", "hle_loss", "grid_instance_kernel", "fused_semantic_logits", "LOSS_TERMS",
+]
 
 #: Names of the scalar terms returned by :func:`hle_loss`, ``total`` excluded.
 LOSS_TERMS = ("seg", "seg_mean", "ins", "ins_var", "seed")
@@ -233,14 +234,37 @@ def grid_instance_kernel(
     col_term = -(cols[None, :] - centers[:, 1:]).pow(2) * inv_s[:, None]
     spatial = (row_term[:, :, None] + col_term[:, None, :]).reshape(k, h * w)
     # -d_cos / (2 sigma^2) = (mu_hat . e) / (2 sigma^2) - 1 / (2 sigma^2), the constant
-    # being folded into row_term; addmm adds the matmul in the same pass.
+    # being folded into row_term; addmm adds the matmul in the same call.
     log_phi = torch.addmm(spatial, normalize_rows(means) * inv[:, None], embeddings.transpose(0, 1))
     return log_phi.exp()
+
+
+def fused_semantic_logits(
+    embeddings: torch.Tensor, class_means: torch.Tensor, class_sigma: torch.Tensor
+) -> torch.Tensor:
+    """Logits of psi (Eq. 9) in one ``addmm``, equal to ``kernels.semantic_logits``.
+
+    ``-d_cos(e, mu_k) / (2 sigma_k^2) = (mu_hat_k . e) / (2 sigma_k^2) - 1 / (2 sigma_k^2)``:
+    one pass over ``[C, N]`` forward and a matmul backward instead of four elementwise
+    passes each way.
+
+    Args:
+        embeddings: ``[N, D]`` unit embeddings.
+        class_means: ``[C, D]`` class means (normalised here).
+        class_sigma: ``[C]`` positive class sigmas.
+
+    Returns:
+        ``[C, N]`` logits.
+    """
+    inv = 0.5 / (class_sigma * class_sigma)
+    return torch.addmm(-inv[:, None], normalize_rows(class_means) * inv[:, None],
+                       embeddings.transpose(0, 1))
 
 
 # ----------------------------------------------------------------------------- terms
 def _semantic_terms(
     sem: torch.Tensor,
+    sem_cm: torch.Tensor,
     labels: torch.Tensor,
     valid: torch.Tensor,
     means: torch.Tensor,
@@ -252,6 +276,8 @@ def _semantic_terms(
 
     Args:
         sem: ``[B, N, Ds]`` semantic view of the unit embeddings.
+        sem_cm: the same, channel-major ``[Ds, B*N]`` (a view when B = 1), the layout
+            the class-mean matmul and the class sums want.
         labels: ``[B, N]`` train ids (read only where ``valid``).
         valid: ``[B, N]`` bool, non-void pixels (crowd included).
         means: ``[C, Ds]`` persistent class means (columns already selected).
@@ -276,7 +302,7 @@ def _semantic_terms(
             per_image.append(_associative(sem[i][valid[i]], group, counts, options.ae_semantic_margins))
         seg = torch.stack(per_image).mean() if per_image else _zero(sem)
     else:
-        logits = semantic_logits(sem.reshape(b * n, ds), means, class_sigma)   # [C, B*N], Eq. (9)
+        logits = fused_semantic_logits(sem_cm.T, means, class_sigma)          # [C, B*N], Eq. (9)
         if options.embedding_loss == "cross_entropy":
             ce = F.cross_entropy(logits.T, safe_labels.reshape(-1), reduction="none")
             seg = (ce * valid.reshape(-1)).sum() / count.clamp_min(1)
@@ -292,13 +318,14 @@ def _semantic_terms(
     # Eq. (15): move each present class mean towards sg[batch mean of its pixels]. The
     # target is re-normalised because only directions matter (means are normalised in
     # every kernel) and it keeps the persistent means near the unit sphere.
-    flat_labels = safe_labels.reshape(-1)[valid.reshape(-1)]
-    flat_sem = sem.detach().reshape(-1, ds)[valid.reshape(-1)]
-    counts = torch.bincount(flat_labels, minlength=c)
+    # Void pixels go to an extra slot c, which is dropped.
+    slot = torch.where(valid, labels, c).reshape(-1)
+    counts = torch.bincount(slot, minlength=c + 1)[:c]
     present = counts > 0
     if not bool(present.any()):
         return seg, _zero(means)
-    batch_means = normalize_rows(_group_means(flat_sem, flat_labels, counts)[present])
+    sums = sem_cm.new_zeros(ds, c + 1).index_add_(1, slot, sem_cm.detach())[:, :c].T   # [C, Ds]
+    batch_means = normalize_rows(sums[present])
     seg_mean = (means[present] - batch_means).pow(2).sum(-1).mean()
     return seg, seg_mean
 
@@ -366,11 +393,15 @@ def _instance_terms(
 
     if options.embedding_loss == "associative":
         return torch.stack(ae_losses).mean(), ins_var, seed_loss
-    phi = torch.cat(rows_phi)                        # [M, N]
-    labels = torch.cat(rows_label)                   # [M, N]
-    row_valid = valid[torch.cat(rows_image)]         # [M, N]
+    if len(rows_phi) == 1:                           # one image: no copies
+        phi, labels = rows_phi[0], rows_label[0]     # [M, N]
+        row_valid = valid[int(rows_image[0][0])]     # [N], shared by the rows
+    else:
+        phi, labels = torch.cat(rows_phi), torch.cat(rows_label)
+        row_valid = valid[torch.cat(rows_image)]     # [M, N]
     if options.embedding_loss == "cross_entropy":
         bce = F.binary_cross_entropy(phi, labels.to(phi.dtype), reduction="none")
+        row_valid = row_valid.expand_as(bce)
         per_row = (bce * row_valid).sum(-1) / row_valid.sum(-1).clamp_min(1)
         return per_row.mean(), ins_var, seed_loss
     return lovasz_binary_rows(phi, labels, row_valid).mean(), ins_var, seed_loss
@@ -394,7 +425,9 @@ def hle_loss(
             and set ``options.stride`` when the loss runs on a downsampled map).
         class_means: ``[C, D]`` persistent class means mu_hat_k (normalised in the kernels).
         class_sigma: ``[C]`` positive class sigmas sigma_k (learned by backprop).
-        is_thing: ``[C]`` bool, thing classes; stuff pixels regress their seed to 0.
+        is_thing: ``[C]`` bool, thing classes; pixels of the other (stuff) classes regress
+            their seed to 0. Stuff is decided from ``semantic`` through ``is_thing``;
+            ``targets.thing`` is not read.
         options: variant switches and weights.
 
     Returns:
@@ -409,6 +442,7 @@ def hle_loss(
     n = h * w
     sem_view, ins_view = split_views(outputs.embedding, options.split_embedding, dim=1)
     sem = sem_view.flatten(2).transpose(1, 2)       # [B, N, Ds]
+    sem_cm = sem_view.transpose(0, 1).reshape(sem.shape[-1], b * n)   # [Ds, B*N]
     ins = ins_view.flatten(2).transpose(1, 2)       # [B, N, Di]
     means = class_means[:, : sem.shape[-1]]
 
@@ -420,7 +454,7 @@ def hle_loss(
     branch = None
     if options.semantic_branch:
         branch = outputs.semantic_logits.reshape(b, -1, n)
-    seg, seg_mean = _semantic_terms(sem, semantic, valid_sem, means, class_sigma, branch, options)
+    seg, seg_mean = _semantic_terms(sem, sem_cm, semantic, valid_sem, means, class_sigma, branch, options)
 
     coords = pixel_coordinates(h, w, stride=options.stride, coord_scale=options.coord_scale,
                                device=outputs.embedding.device, dtype=outputs.embedding.dtype)

@@ -34,42 +34,45 @@ __all__ = [
 _COMPACT_FRACTION = 0.5
 
 
-def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
+def lovasz_grad(gt_sorted: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors.
 
     For labels sorted by decreasing error, entry ``i`` is ``Delta_i`` of Eq. (5):
-    ``J(pi_1..pi_i) - J(pi_1..pi_{i-1})`` with ``J = 1 - IoU`` the Jaccard loss of the
-    prediction "the first i pixels are foreground", and ``J(empty) = 0``. Computed in
-    closed form (a foreground step adds ``1 / union``, a background step
-    ``intersection / (union_before * union_after)``) instead of differencing
-    cumulative Jaccard values, which loses precision for large P in float32.
+    ``J(pi_1..pi_i) - J(pi_1..pi_{i-1})`` where ``J = 1 - IoU`` when exactly the first
+    ``i`` pixels are mispredicted, and ``J(empty) = 0``. Computed in closed form (a
+    foreground step adds ``1 / union``, a background step
+    ``intersection / (union_before * union_after)``) instead of differencing cumulative
+    Jaccard values, which loses precision for large P in float32.
 
     Args:
         gt_sorted: ``[..., P]`` binary labels (bool or 0/1 numbers) sorted by decreasing
             error along the last dimension; leading dimensions are independent rows.
+        dtype: result dtype (default: the input's if floating point, else float32).
 
     Returns:
-        ``[..., P]`` floating tensor (float32 for bool/integer input, else the input dtype).
+        ``[..., P]`` tensor of weights.
     """
     if gt_sorted.dim() == 0:
         raise ValueError("lovasz_grad: gt_sorted must have at least one dimension, got a scalar")
-    dtype = gt_sorted.dtype if gt_sorted.is_floating_point() else torch.float32
-    fg = gt_sorted.to(torch.int64)
-    # Integer cumulative counts are exact for any P; convert once at the end.
-    gts = fg.sum(-1, keepdim=True)
+    if dtype is None:
+        dtype = gt_sorted.dtype if gt_sorted.is_floating_point() else torch.float32
+    p = gt_sorted.shape[-1]
+    if p == 0:
+        return gt_sorted.to(dtype)
+    # Counts stay exact in float32 up to 2^24 pixels per row; beyond that use float64.
+    count_dtype = dtype if dtype == torch.float64 or p < 2 ** 24 else torch.float64
+    fg = gt_sorted.to(count_dtype)
     cum_fg = fg.cumsum(-1)
-    cum_bg = (1 - fg).cumsum(-1)
-    inter = (gts - cum_fg).to(dtype)
-    union = (gts + cum_bg).to(dtype)
-    union_before = union - (1 - fg).to(dtype)
+    gts = cum_fg[..., -1:]
+    position = torch.arange(1, p + 1, dtype=count_dtype, device=fg.device)
+    inter = gts - cum_fg                                  # ground truth not yet mispredicted
+    union = inter + position                              # = gts + background so far
     fg_step = 1.0 / union
-    bg_step = torch.where(
-        union_before > 0,
-        inter / (union_before.clamp_min(1) * union),
-        # Empty ground truth: the first pixel takes J from 0 to 1, later ones add nothing.
-        torch.ones_like(union),
-    )
-    return torch.where(fg.bool(), fg_step, bg_step)
+    bg_step = inter / ((union - 1.0 + fg) * union)
+    # Empty ground truth: the first pixel takes J from 0 to 1 (0 / 0 above), later ones
+    # add nothing (inter = 0).
+    bg_step[..., 0] = torch.where(gts[..., 0] > 0, bg_step[..., 0], 1.0)
+    return torch.where(fg > 0, fg_step, bg_step).to(dtype)
 
 
 def _as_row_mask(mask: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
@@ -84,7 +87,8 @@ def _as_row_mask(mask: torch.Tensor, shape: torch.Size, name: str) -> torch.Tens
     return mask.expand(shape)
 
 
-def _prune(err: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+def _prune(err: torch.Tensor, fg: torch.Tensor, fg_rows: torch.Tensor,
+           fg_cols: torch.Tensor) -> torch.Tensor:
     """``[M, P]`` bool mask of the pixels that can carry a non-zero Lovász weight.
 
     With foreground in the row, background pixels whose error is below the smallest
@@ -93,14 +97,17 @@ def _prune(err: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
     error matters (the first false positive takes the Jaccard loss from 0 to 1).
     Ties are free to go either way: the extension's value does not depend on them.
     """
-    big = torch.finfo(err.dtype).max
-    has_fg = fg.any(-1, keepdim=True)
-    min_fg = torch.where(fg, err, err.new_full((), big)).amin(-1, keepdim=True)
-    keep = err > min_fg
-    keep |= fg
+    m = err.shape[0]
+    # Smallest foreground error per row via the foreground indices (``fg.nonzero()``):
+    # work on the (usually few) foreground pixels instead of a masked [M, P] float copy.
+    min_fg = err.new_full((m,), torch.finfo(err.dtype).max).scatter_reduce(
+        0, fg_rows, err[fg_rows, fg_cols], "amin")
+    keep = err > min_fg[:, None]
+    keep.logical_or_(fg)
+    has_fg = torch.bincount(fg_rows, minlength=m) > 0
     if not bool(has_fg.all()):
         max_err = err.amax(-1, keepdim=True)
-        keep = torch.where(has_fg, keep, (err >= max_err) & (err > 0))
+        keep = torch.where(has_fg[:, None], keep, (err >= max_err) & (err > 0))
     return keep
 
 
@@ -123,20 +130,23 @@ class _LovaszRows(torch.autograd.Function):
         ctx.shape = (m, p)
         if valid is not None:
             fg = fg & valid
+        fg_rows, fg_cols = fg.nonzero(as_tuple=True)
+        # Eq. (4): 1 - p on foreground, p on background. One new [M, P] tensor changed in
+        # place at the (usually few) foreground pixels: fresh [M, P] float allocations
+        # dominate the cost at image size.
+        errors = values.clone()
         if on_probas:
-            errors = torch.where(fg, 1.0 - values, values)
-        else:
-            errors = values.clone()
+            errors[fg_rows, fg_cols] = 1.0 - values[fg_rows, fg_cols]
         if valid is not None:
             # Invalid pixels become error-0 background: sorted last, weightless.
             errors.masked_fill_(~valid, 0.0)
         real = valid
         if prune:
-            keep = _prune(errors, fg)
-            counts = keep.sum(-1)
+            keep = _prune(errors, fg, fg_rows, fg_cols)
+            rows, cols = keep.nonzero(as_tuple=True)
+            counts = torch.bincount(rows, minlength=m)
             width = int(counts.max())
         if prune and width < _COMPACT_FRACTION * p:
-            rows, cols = keep.nonzero(as_tuple=True)
             # nonzero is row-major, so a pixel's slot is its rank inside its row.
             starts = counts.cumsum(0) - counts
             slot = torch.arange(rows.numel(), device=rows.device) - starts[rows]
@@ -149,7 +159,7 @@ class _LovaszRows(torch.autograd.Function):
             cols_c = None
         errors_sorted, perm = torch.sort(errors, dim=-1, descending=True)
         fg_sorted = torch.gather(fg, -1, perm)
-        grad = lovasz_grad(fg_sorted.to(errors.dtype))
+        grad = lovasz_grad(fg_sorted, errors.dtype)
         loss = (errors_sorted * grad).sum(-1)
         if real is not None:
             # Padding and invalid pixels get no gradient (in the compact layout padding
