@@ -374,6 +374,19 @@ def test_float64_inputs_give_the_same_result() -> None:
     assert [s["area"] for s in single.segments_info] == [s["area"] for s in double.segments_info]
 
 
+def test_channels_last_embedding_gives_the_same_result() -> None:
+    scene = make_scene(BOXES)
+    strided = scene.embedding.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    assert not strided.is_contiguous()
+    inputs = list(scene.inputs())
+    reference = decode_panoptic(*inputs, **LOOSE)
+    inputs[0] = strided
+    for f in (1, 2):
+        result = decode_panoptic(*inputs, downsample=f, **LOOSE)
+        expected = reference if f == 1 else decode_panoptic(*scene.inputs(), downsample=f, **LOOSE)
+        assert torch.equal(result.panoptic, expected.panoptic)
+
+
 def test_nan_pixels_do_not_crash() -> None:
     # Fault injection: NaN embeddings / seeds must give a valid (if poorer) result.
     scene = make_scene(BOXES)

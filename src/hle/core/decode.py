@@ -68,8 +68,9 @@ class DecoderParams:
         max_instances: at most this many candidate seeds (the highest scores)
             enter merging, hence at most this many instances per image.
         downsample: decode on maps ``downsample`` times smaller (Supplementary C).
-        downsample_mode: ``"sample"`` (take the centre pixel of each block; no
-            pass over the full map) or ``"avg"`` (average-pool, re-normalise).
+        downsample_mode: ``"sample"`` (the centre pixel of each block: reads only
+            every f-th row of the full maps) or ``"avg"`` (average-pool, re-normalise;
+            a full pass over the embedding, about 4x slower at f=4).
     """
 
     seed_threshold: float = 0.5
@@ -205,6 +206,8 @@ def _embedding_logits(
     rows_buf = torch.empty(d * chunk, dtype=embedding.dtype, device=embedding.device)
 
     def logits_into_rows(start: int, stop: int, out: torch.Tensor) -> None:
+        if start % w or stop % w:
+            raise ValueError(f"strided embedding needs whole-row chunks, got pixels {start}:{stop} with w={w}")
         r0, r1 = start // w, stop // w
         rows = rows_buf[: d * (stop - start)]
         rows.view(d, r1 - r0, w).copy_(embedding[:, r0:r1])
@@ -266,11 +269,12 @@ def find_seeds(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate seeds: local maxima of the seed map above ``threshold`` (Sec. 3.5).
 
-    The same pixels as ``kernel x kernel`` max-pool NMS on ``seed * allowed``
-    (zero padding) followed by thresholding, but only the pixels above the
-    threshold are inspected, with one gather per neighbour offset, which is much
-    cheaper than pooling the whole map. Ties on a plateau are broken by raster
-    index, so a flat peak gives few seeds, not all of its pixels.
+    Where seed values are distinct, the same pixels as ``kernel x kernel``
+    max-pool NMS on ``seed * allowed`` (zero padding) followed by thresholding;
+    but only the pixels above the threshold are inspected (their neighbours
+    gathered as one ``[M, kernel^2 - 1]`` block), which is much cheaper than
+    pooling the whole map. Ties on a plateau are broken by raster index, so a flat
+    peak gives few seeds, not all of its pixels.
 
     Args:
         seed: ``[H, W]`` seed scores (non-negative).
@@ -756,6 +760,8 @@ def decode_panoptic(
             emb = F.normalize(emb, dim=0)
         _, h, w = emb.shape
         sem_view, ins_view = split_views(emb, split_embedding, dim=0)
+        # A channels-last input is copied once; the chunked matmuls need flat rows.
+        sem_view = sem_view.contiguous()
         ins_src = ins_view.reshape(ins_view.shape[0], -1)
 
         def source_index(index: torch.Tensor) -> torch.Tensor:
