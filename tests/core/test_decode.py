@@ -387,6 +387,19 @@ def test_channels_last_embedding_gives_the_same_result() -> None:
         assert torch.equal(result.panoptic, expected.panoptic)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("factor", [1, 4])
+def test_cuda_equals_cpu(factor: int) -> None:
+    scene = make_scene(BOXES)
+    cpu = decode_panoptic(*scene.inputs(), downsample=factor, **LOOSE)
+    gpu = decode_panoptic(*(t.cuda() for t in scene.inputs()), downsample=factor, **LOOSE)
+    assert gpu.panoptic.is_cuda
+    assert torch.equal(gpu.panoptic.cpu(), cpu.panoptic)
+    assert [(s["category_id"], s["area"], s["bbox"]) for s in gpu.segments_info] == [
+        (s["category_id"], s["area"], s["bbox"]) for s in cpu.segments_info
+    ]
+
+
 def test_nan_pixels_do_not_crash() -> None:
     # Fault injection: NaN embeddings / seeds must give a valid (if poorer) result.
     scene = make_scene(BOXES)
