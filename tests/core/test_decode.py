@@ -129,7 +129,7 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a & b).sum()) / float((a | b).sum())
 
 
-def check_segments_info(result, height: int, width: int) -> None:
+def check_segments_info(result, height: int, width: int, is_thing: torch.Tensor = IS_THING) -> None:
     """Ids 1..S, and area / bbox recomputed by brute force from the returned map."""
     pan = result.panoptic
     assert pan.shape == (height, width) and pan.dtype == torch.int64
@@ -142,7 +142,7 @@ def check_segments_info(result, height: int, width: int) -> None:
         assert s["area"] == ys.numel() > 0
         x0, y0 = int(xs.min()), int(ys.min())
         assert s["bbox"] == [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
-        assert s["isthing"] == bool(IS_THING[s["category_id"]])
+        assert s["isthing"] == bool(is_thing[s["category_id"]])
 
 
 def match(result, segments, min_iou: float) -> None:
@@ -385,6 +385,27 @@ def test_channels_last_embedding_gives_the_same_result() -> None:
         result = decode_panoptic(*inputs, downsample=f, **LOOSE)
         expected = reference if f == 1 else decode_panoptic(*scene.inputs(), downsample=f, **LOOSE)
         assert torch.equal(result.panoptic, expected.panoptic)
+
+
+def test_degenerate_configurations() -> None:
+    scene = make_scene(BOXES)
+    # No thing classes at all: every pixel is stuff of its nearest class.
+    result = decode_panoptic(*scene.inputs()[:-1], torch.zeros(NUM_CLASSES, dtype=torch.bool), **LOOSE)
+    check_segments_info(result, 64, 96, is_thing=torch.zeros(NUM_CLASSES, dtype=torch.bool))
+    assert not any(s["isthing"] for s in result.segments_info) and (result.panoptic > 0).all()
+    # Only thing classes: sky and road pixels become unclaimed thing pixels (void).
+    all_things = torch.ones(NUM_CLASSES, dtype=torch.bool)
+    result = decode_panoptic(*scene.inputs()[:-1], all_things, **LOOSE)
+    check_segments_info(result, 64, 96, is_thing=all_things)
+    assert sum(s["isthing"] for s in result.segments_info) == len(BOXES)
+    # No seeds allowed: every thing pixel is void, stuff is untouched.
+    result = decode_panoptic(*scene.inputs(), max_instances=0, **LOOSE)
+    check_segments_info(result, 64, 96)
+    assert (result.panoptic[scene.instance > 0] == 0).all()
+    # A one-row image, and a downsampling factor larger than the image.
+    row = make_scene([(0, 10, 1, 30, 2)], height=1, width=96)
+    check_segments_info(decode_panoptic(*row.inputs(), **LOOSE), 1, 96)
+    check_segments_info(decode_panoptic(*row.inputs(), downsample=8, **LOOSE), 1, 96)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
