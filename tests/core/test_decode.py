@@ -278,6 +278,37 @@ def test_many_instances_random_layout() -> None:
     match(result, gt_segments(scene), min_iou=1.0)
 
 
+@pytest.mark.parametrize("factor", [1, 2])
+def test_mean_phi_instance_score_matches_kernel(factor: int) -> None:
+    scene = make_scene(BOXES)
+    seeds = decode_panoptic(*scene.inputs(), downsample=factor, **LOOSE)
+    mean = decode_panoptic(*scene.inputs(), downsample=factor, instance_score="mean_phi", **LOOSE)
+    both = decode_panoptic(*scene.inputs(), downsample=factor, instance_score="seed_mean_phi", **LOOSE)
+    assert torch.equal(seeds.panoptic, mean.panoptic)
+    coords = pixel_coordinates(64, 96)
+    flat = scene.embedding.reshape(scene.embedding.shape[0], -1).T
+    for s_seed, s_mean, s_both in zip(seeds.segments_info, mean.segments_info, both.segments_info, strict=True):
+        if not s_seed["isthing"]:
+            assert s_mean["score"] == s_seed["score"]
+            continue
+        # Reference: Phi of the seed (the seed-map peak inside the mask) against every
+        # full-resolution pixel of the returned mask, straight from instance_kernel.
+        mask = (mean.panoptic == s_mean["id"]).reshape(-1)
+        peak = torch.where(mask, scene.seed.reshape(-1), -1.0).argmax()
+        if factor > 1:  # the decoder saw the block centre holding the peak
+            r, c = int(peak) // 96 // factor * factor + factor // 2, int(peak) % 96 // factor * factor + factor // 2
+            peak = torch.tensor(r * 96 + c)
+        phi = instance_kernel(
+            flat[mask], coords[mask], flat[peak][None], torch.tensor([INSTANCE_SIGMA]),
+            coords[peak][None], torch.tensor([SPATIAL_SIGMA]),
+        )
+        if factor == 1:
+            assert s_mean["score"] == pytest.approx(float(phi.mean()), rel=1e-4)
+        else:  # decoded on block centres: close to, not equal to, the full-resolution mean
+            assert s_mean["score"] == pytest.approx(float(phi.mean()), abs=0.02)
+        assert s_both["score"] == pytest.approx(s_seed["score"] * s_mean["score"], rel=1e-5)
+
+
 def test_minimum_areas_make_void() -> None:
     boxes = BOXES + [(50, 4, 53, 7, 3)]  # a 3x3 person
     scene = make_scene(boxes)
@@ -542,6 +573,7 @@ def test_pixel_coordinates_agree_with_decoder_grid() -> None:
         (dict(downsample=0), "downsample must be"),
         (dict(downsample_mode="bilinear"), "downsample_mode must be"),
         (dict(nms_kernel=2), "nms_kernel must be"),
+        (dict(instance_score="area"), "instance_score must be"),
         (dict(split_embedding=True, embedding=torch.zeros(9, 64, 96), class_means=torch.zeros(5, 9)), "even D"),
     ],
 )

@@ -36,6 +36,10 @@ DEFAULT_CHUNK = 32768
 
 DOWNSAMPLE_MODES = ("sample", "avg")
 
+#: How an instance is scored (for AP and for ranking): the seed score s_i, the
+#: mean Phi(seed, pixel) over its mask, or their product.
+INSTANCE_SCORES = ("seed", "mean_phi", "seed_mean_phi")
+
 #: psi is computed as ``exp(l) / sum exp(l)`` without subtracting the row maximum
 #: when ``1 / sigma_max^2`` is below this: Eq. (9) logits of class c lie in
 #: ``[-1/sigma_c^2, 0]``, so the best logit is at least ``-1/sigma_max^2``, far
@@ -71,6 +75,8 @@ class DecoderParams:
         downsample_mode: ``"sample"`` (the centre pixel of each block: reads only
             every f-th row of the full maps) or ``"avg"`` (average-pool, re-normalise;
             a full pass over the embedding, about 4x slower at f=4).
+        instance_score: one of :data:`INSTANCE_SCORES`; stuff is always scored by
+            its mean max psi.
     """
 
     seed_threshold: float = 0.5
@@ -83,6 +89,7 @@ class DecoderParams:
     max_instances: int = 512
     downsample: int = 1
     downsample_mode: str = "sample"
+    instance_score: str = "seed"
 
     def as_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`decode_panoptic`."""
@@ -632,6 +639,10 @@ def _check_inputs(
         raise ValueError(
             f"decode_panoptic: downsample_mode must be one of {DOWNSAMPLE_MODES}, got {params.downsample_mode!r}"
         )
+    if params.instance_score not in INSTANCE_SCORES:
+        raise ValueError(
+            f"decode_panoptic: instance_score must be one of {INSTANCE_SCORES}, got {params.instance_score!r}"
+        )
     if params.nms_kernel < 1 or params.nms_kernel % 2 == 0:
         raise ValueError(f"decode_panoptic: nms_kernel must be odd and >= 1, got {params.nms_kernel}")
     if params.max_instances < 0:
@@ -662,6 +673,7 @@ def decode_panoptic(
     max_instances: int = _DEFAULTS.max_instances,
     downsample: int = _DEFAULTS.downsample,
     downsample_mode: str = _DEFAULTS.downsample_mode,
+    instance_score: str = _DEFAULTS.instance_score,
     coord_scale: float = DEFAULT_COORD_SCALE,
     stride: float = 1.0,
     chunk: int = DEFAULT_CHUNK,
@@ -696,16 +708,17 @@ def decode_panoptic(
             semantics from the first half of the channels, instances from the second.
         seed_threshold, merge_threshold, mask_threshold, stuff_threshold,
             min_thing_area, min_stuff_area, nms_kernel, max_instances, downsample,
-            downsample_mode: see :class:`DecoderParams` (defaults there).
+            downsample_mode, instance_score: see :class:`DecoderParams` (defaults there).
         coord_scale: coordinate units per input pixel (:data:`DEFAULT_COORD_SCALE`).
         stride: input pixels per map pixel (1 for maps at image resolution).
         chunk: pixels per matmul block (memory / speed trade-off only).
 
     Returns:
         :class:`PanopticResult` with ``panoptic [H, W]`` int64 (ids ``1..S``,
-        instances first by descending score, then stuff by class; 0 = void) and
-        ``segments_info`` dicts ``id, category_id, isthing, area, bbox, score``;
-        instance score = seed score, stuff score = mean psi over the segment.
+        instances first by descending seed score, then stuff by class; 0 = void)
+        and ``segments_info`` dicts ``id, category_id, isthing, area, bbox, score``;
+        instance score per ``instance_score`` (default: the seed score), stuff
+        score = mean max psi over the segment.
     """
     params = DecoderParams(
         seed_threshold=seed_threshold,
@@ -718,6 +731,7 @@ def decode_panoptic(
         max_instances=max_instances,
         downsample=downsample,
         downsample_mode=downsample_mode,
+        instance_score=instance_score,
     )
     _check_inputs(
         embedding, sigma, spatial_sigma, seed, class_means, class_sigma, is_thing,
@@ -820,7 +834,14 @@ def decode_panoptic(
             out[d_ins + 3] = 1.0
 
         weight = _instance_weights(seed_emb, seed_xy, seed_sig, seed_ssig, origin)
-        instance, _ = _best_seed(features_into, candidates.numel(), weight, mask_threshold, chunk)
+        instance, best = _best_seed(features_into, candidates.numel(), weight, mask_threshold, chunk)
+        if instance_score != "seed":
+            # Sum of Phi over each mask, weighted by the output pixels a decode
+            # pixel covers, so that dividing by the full-resolution area is a mean.
+            phi = best.exp_().double()
+            if pixel_weight is not None:
+                phi *= pixel_weight[candidates]
+            phi_sum = torch.bincount(instance + 1, weights=phi, minlength=num_seeds + 1)[1:]
         # Every thing pixel is relabelled: instance k -> C+1+k, unclaimed (-1) -> void.
         label[candidates] = instance.add_(void + 1)
     else:
@@ -848,6 +869,9 @@ def decode_panoptic(
     # Per decode label: original category id and score.
     category = perm[torch.cat([labels[:void], labels.new_zeros(1), seed_class])]
     stuff_score = psi_sum[:void] / area[:void].clamp(min=1)
+    if num_seeds > 0 and instance_score != "seed":
+        mean_phi = (phi_sum / area[void + 1 :].clamp(min=1)).to(dtype)
+        seed_score = mean_phi if instance_score == "mean_phi" else seed_score * mean_phi
     score = torch.cat([stuff_score.to(dtype), stuff_score.new_zeros(1).to(dtype), seed_score])
     segments_info = [
         {
