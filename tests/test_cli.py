@@ -118,6 +118,8 @@ def test_predict_accepts_files_folders_and_globs(trained: dict[str, Path], tmp_p
         (["evaluate", "missing.pt", "--data", "synthetic", "--root", "."], "checkpoint not found: missing.pt"),
         (["predict", "missing.pt", "nothing_here.png", "--out", "x"], "image not found: nothing_here.png"),
         (["demo", "--minutes", "0"], "--minutes must be > 0"),
+        (["evaluate", "pyproject.toml", "--data", "synthetic", "--root", "."], "is not a readable checkpoint"),
+        (["train", "synthetic", "data.root=/no/such/folder"], "not found"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:

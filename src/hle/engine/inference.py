@@ -78,7 +78,10 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state or not state.get("metadata"):
         raise ValueError(f"{path} is not an hle training checkpoint (expected keys model, config, metadata)")
-    config = config_from_dict(state["config"])
+    try:
+        config = config_from_dict(state["config"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: the config stored in the checkpoint is not valid for this version ({exc})") from None
     metadata = Metadata.from_dict(state["metadata"])
     model = build_model(config, metadata.num_classes, pretrained=False)
     model.load_state_dict(state["model"])
