@@ -35,7 +35,7 @@ from hle.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rn
 from hle.engine.optim import PolySchedule, build_optimizer
 from hle.engine.sampling import ResumableSampler, SeededDataset
 
-__all__ = ["train", "TrainResult", "subsample_targets", "HLETrainStep", "CHECKPOINT_VERSION"]
+__all__ = ["train", "TrainResult", "subsample_targets", "HLETrainStep", "optimizer_step", "CHECKPOINT_VERSION"]
 
 CHECKPOINT_VERSION = 1
 
@@ -205,6 +205,44 @@ def _checkpoint_state(
         "config": config_to_dict(config),
         "metadata": metadata.to_dict() if hasattr(metadata, "to_dict") else None,
     }
+
+
+def optimizer_step(
+    step_module: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    targets: PanopticTargets,
+    grad_clip: float,
+) -> dict[str, float]:
+    """One step: loss (Eq. 16) -> backward (AMP-scaled) -> clip the global norm -> Adam.
+
+    Args:
+        step_module: :class:`HLETrainStep`, possibly inside DDP.
+        model: the plain network (its parameters are clipped).
+        images: ``[B, 3, H, W]``; targets: ``[B, H, W]`` each.
+        grad_clip: maximum global gradient norm (``0``: no clipping).
+
+    Returns:
+        Every scalar loss term as a float (``total`` included).
+    """
+    losses = step_module(images, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["total"]).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.dim() == 0}
+
+
+def _write_scalars(writer: Any, losses: dict[str, float], optimizer: torch.optim.Optimizer, step: int) -> None:
+    for k, v in losses.items():
+        writer.add_scalar(f"loss/{k}", v, step)
+    for group in optimizer.param_groups:
+        writer.add_scalar(f"lr/{group.get('name', 'group')}", group["lr"], step)
 
 
 def _format_losses(losses: dict[str, float]) -> dict[str, str]:
@@ -393,30 +431,17 @@ def train(
             for images, targets, _ in loader:
                 images, targets = _to_device(images, targets, info.device)
                 schedule.update(step, elapsed_prev + (time.perf_counter() - t_start))
-                losses = wrapped(images, targets)
-                total = losses["total"]
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                if oc.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                scalars = optimizer_step(wrapped, model, optimizer, scaler, images, targets, oc.grad_clip)
                 step += 1
                 steps_this_run += 1
                 position += tc.batch_size
-                scalars = {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.dim() == 0}
                 for k, v in scalars.items():
                     log_acc[k] = log_acc.get(k, 0.0) + v
                 log_n += 1
                 if on_step is not None:
                     on_step(step)
                 if writer is not None and (step % max(tc.log_every, 1) == 0):
-                    for k, v in log_acc.items():
-                        writer.add_scalar(f"loss/{k}", v / log_n, step)
-                    writer.add_scalar("lr/network", optimizer.param_groups[0]["lr"], step)
-                    if len(optimizer.param_groups) > 1:
-                        writer.add_scalar("lr/class", optimizer.param_groups[-1]["lr"], step)
+                    _write_scalars(writer, {k: v / log_n for k, v in log_acc.items()}, optimizer, step)
                     log_acc, log_n = {}, 0
                 if bar is not None:
                     if time_budget is not None and schedule.last_progress > 0.01:
@@ -427,8 +452,8 @@ def train(
                     post = _format_losses({k: scalars[k] for k in ("total", "seg", "ins") if k in scalars})
                     post["img/s"] = f"{steps_this_run * tc.batch_size * info.world_size / max(run_s, 1e-9):.1f}"
                     bar.set_postfix(post, refresh=False)
-                if not math.isfinite(float(total.detach())):
-                    raise FloatingPointError(f"training loss became {float(total)} at step {step}")
+                if not math.isfinite(scalars["total"]):
+                    raise FloatingPointError(f"training loss became {scalars['total']} at step {step}")
                 # Agree on stopping across processes so no rank waits in a collective alone.
                 stop = torch.tensor(
                     [float(flag.requested), float(out_of_budget())], device=info.device
