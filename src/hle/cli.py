@@ -319,8 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         code = func(args)
-    except KeyboardInterrupt:
-        print("hle: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"hle {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     except _user_errors() as exc:
         if os.environ.get("HLE_DEBUG"):

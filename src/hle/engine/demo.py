@@ -152,6 +152,9 @@ def run_demo(
         [f"data.root={data}", f"train.max_minutes={demo_state['train_minutes']}", *overrides],
     )
     result = train(config, out, resume=True, progress=progress)
+    if result.interrupted:
+        # The checkpoint is saved; the next run resumes from it with the same schedule.
+        raise KeyboardInterrupt(f"demo interrupted at step {result.step}; run it again to resume")
     records, _ = load_records(config.data.name, config.data.root, config.data.val_split)
     figures = draw_figures(out / "last.pt", records, out / "figures")
     total_s = time.perf_counter() - t0
