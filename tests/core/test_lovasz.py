@@ -372,3 +372,19 @@ def test_binary_rows_gradcheck_and_invalid_pixels_get_no_gradient(prune: bool) -
     errors = torch.where(labels, 1 - probas, probas).detach()
     torch.testing.assert_close(lovasz_binary_rows(probas, labels, valid, prune=prune).detach(),
                                reference_rows(errors, labels, valid), atol=1e-6, rtol=0)
+
+
+def test_per_image_mean_counts_fully_ignored_images_as_zero() -> None:
+    # Reference semantics: an image without valid pixels contributes a 0 to the mean.
+    gen = torch.Generator().manual_seed(17)
+    logits = torch.randn(2, 6, generator=gen, dtype=D64)
+    labels = (torch.rand(2, 6, generator=gen) < 0.5).long()
+    labels[1] = 255
+    only_first = lovasz_hinge(logits[:1], labels[:1], per_image=True, ignore=255)
+    both = lovasz_hinge(logits, labels, per_image=True, ignore=255)
+    assert abs(float(both) - float(only_first) / 2) < 1e-12
+    probas = torch.softmax(torch.randn(2, 3, 2, 3, generator=gen, dtype=D64), dim=1)
+    sem = torch.randint(0, 3, (2, 2, 3), generator=gen)
+    sem[1] = 255
+    first = lovasz_softmax(probas[:1], sem[:1], per_image=True, ignore=255)
+    assert abs(float(lovasz_softmax(probas, sem, per_image=True, ignore=255)) - float(first) / 2) < 1e-12

@@ -414,6 +414,7 @@ def lovasz_softmax(
         labels: ``[B, H, W]`` integer labels in ``0..C-1`` (or ``ignore``).
         classes: ``"present"`` (classes in the ground truth), ``"all"`` or a list.
         per_image: loss per image then mean over the batch; else over all pixels at once.
+            An image with no valid pixel (or no selected class) counts as 0 in the mean.
         ignore: label value excluded from the loss.
 
     Returns:
