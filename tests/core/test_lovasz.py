@@ -388,3 +388,13 @@ def test_per_image_mean_counts_fully_ignored_images_as_zero() -> None:
     sem[1] = 255
     first = lovasz_softmax(probas[:1], sem[:1], per_image=True, ignore=255)
     assert abs(float(lovasz_softmax(probas, sem, per_image=True, ignore=255)) - float(first) / 2) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lovasz_grad_half_precision_counts_exactly(dtype: torch.dtype) -> None:
+    # Counts beyond 2048 are not representable in half types; the weights must still
+    # match the float64 ones to the result dtype's precision.
+    labels = torch.rand(6000, generator=torch.Generator().manual_seed(18)) < 0.3
+    got = lovasz_grad(labels, dtype).double()
+    expected = lovasz_grad(labels, D64)
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-7)

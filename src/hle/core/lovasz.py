@@ -59,8 +59,9 @@ def lovasz_grad(gt_sorted: torch.Tensor, dtype: torch.dtype | None = None) -> to
     p = gt_sorted.shape[-1]
     if p == 0:
         return gt_sorted.to(dtype)
-    # Counts stay exact in float32 up to 2^24 pixels per row; beyond that use float64.
-    count_dtype = dtype if dtype == torch.float64 or p < 2 ** 24 else torch.float64
+    # Counts stay exact in float32 up to 2^24 pixels per row; beyond that (or for a
+    # float64 result) use float64. Half types could not even count to 4096.
+    count_dtype = torch.float64 if dtype == torch.float64 or p >= 2 ** 24 else torch.float32
     fg = gt_sorted.to(count_dtype)
     cum_fg = fg.cumsum(-1)
     gts = cum_fg[..., -1:]
