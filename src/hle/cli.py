@@ -293,7 +293,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     metrics = run_demo(args.out, minutes=args.minutes, data_dir=args.data, overrides=args.overrides, progress=not args.no_progress)
     keys = ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU")
     print("demo: " + ", ".join(f"{k} {metrics[k]:.1f}" for k in keys if k in metrics)
-          + f" after {metrics.get('steps', 0)} steps, {metrics.get('total_minutes', 0):.1f} min -> {args.out}")
+          + f" after {metrics.get('steps', 0)} steps ({metrics.get('train_minutes', 0):.1f} min of training;"
+          f" this run {metrics.get('total_minutes', 0):.1f} min) -> {args.out}")
     return 0
 
 
