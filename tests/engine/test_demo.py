@@ -29,3 +29,11 @@ def test_demo_writes_metrics_and_figures_and_reruns_without_retraining(tmp_path:
     # a second run finds the finished checkpoint: no further steps, same data
     again = run_demo(out, minutes=2.0, overrides=small, progress=False, num_train=4, num_val=2)
     assert again["steps"] == 2 and again["PQ"] == pytest.approx(metrics["PQ"])
+
+
+def test_cpu_plan_uses_both_cores_only_when_they_are_free() -> None:
+    from hle.engine.demo import cpu_plan
+
+    assert cpu_plan(2, 0.1) == ["train.threads=2", "data.num_workers=0"]
+    assert cpu_plan(2, 3.0) == ["train.threads=1", "data.num_workers=1"]
+    assert cpu_plan(16, 9.0) == ["train.threads=8", "data.num_workers=2"]

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["run_demo", "draw_figures", "DEMO_TRAIN_IMAGES", "DEMO_VAL_IMAGES"]
+__all__ = ["run_demo", "draw_figures", "cpu_plan", "DEMO_TRAIN_IMAGES", "DEMO_VAL_IMAGES"]
 
 #: Synthetic images generated for the demo (about 0.07 s each on the reference CPU).
 DEMO_TRAIN_IMAGES = 400
@@ -28,6 +28,32 @@ DEMO_VAL_IMAGES = 50
 #: Seconds kept back from training for process start-up, model set-up, the final
 #: evaluation (50 images with flip: ~5 s on the reference CPU) and the figures.
 EVAL_RESERVE_S = 30.0
+
+
+def cpu_plan(cores: int | None = None, load: float | None = None) -> list[str]:
+    """Threads and data workers for the demo on this CPU, as config overrides.
+
+    On an idle 2-core machine two compute threads with in-process data loading are
+    fastest (8.5 steps/s against 5.8 for one thread plus one worker, measured on the
+    reference machine). When other jobs keep the cores busy, two OpenMP threads spin
+    against them and training slows several-fold, so a loaded machine gets one compute
+    thread plus one data worker (the ``synthetic`` config's setting).
+
+    Args:
+        cores: CPU count (default ``os.cpu_count()``).
+        load: 1-minute load average (default ``os.getloadavg()[0]``).
+    """
+    import os
+
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # not available on every platform
+            load = 0.0
+    if cores <= 2 and load > 0.75:
+        return ["train.threads=1", "data.num_workers=1"]
+    return [f"train.threads={min(cores, 8)}", "data.num_workers=0" if cores <= 2 else "data.num_workers=2"]
 
 
 def _pick_target(gt_pan: np.ndarray, segments: list[dict[str, Any]], metadata: Any) -> tuple[int, int]:
@@ -135,6 +161,7 @@ def run_demo(
     from hle.engine.trainer import train
 
     t0 = time.perf_counter()
+    plan = cpu_plan()  # before data generation, whose own load would skew the reading
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(data_dir) if data_dir else out / "data"
@@ -147,9 +174,10 @@ def run_demo(
         train_s = max(minutes * 60.0 - gen_s - EVAL_RESERVE_S, 30.0)
         demo_state = {"train_minutes": train_s / 60.0, "minutes": minutes}
         state_path.write_text(json.dumps(demo_state))
+    threading = [] if any(o.startswith(("train.threads=", "data.num_workers=")) for o in overrides) else plan
     config = load_config(
         "synthetic",
-        [f"data.root={data}", f"train.max_minutes={demo_state['train_minutes']}", *overrides],
+        [f"data.root={data}", f"train.max_minutes={demo_state['train_minutes']}", *threading, *overrides],
     )
     result = train(config, out, resume=True, progress=progress)
     if result.interrupted:
@@ -170,6 +198,7 @@ def run_demo(
         num_train_images=num_train,
         num_val_images=num_val,
         torch_threads=torch.get_num_threads(),
+        data_workers=config.data.num_workers,
         decoder=config.eval.decoder,
         flip=config.eval.flip,
         figures=figures,
