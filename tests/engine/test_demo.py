@@ -35,5 +35,15 @@ def test_cpu_plan_uses_both_cores_only_when_they_are_free() -> None:
     from hle.engine.demo import cpu_plan
 
     assert cpu_plan(2, 0.1) == ["train.threads=2", "data.num_workers=0"]
+    assert cpu_plan(2, 0.6) == ["train.threads=1", "data.num_workers=1"]
     assert cpu_plan(2, 3.0) == ["train.threads=1", "data.num_workers=1"]
     assert cpu_plan(16, 9.0) == ["train.threads=8", "data.num_workers=2"]
+
+
+def test_busy_cores_is_a_core_count_or_unknown() -> None:
+    from hle.engine.demo import busy_cores
+
+    import os
+
+    busy = busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-9

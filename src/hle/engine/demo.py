@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["run_demo", "draw_figures", "cpu_plan", "DEMO_TRAIN_IMAGES", "DEMO_VAL_IMAGES"]
+__all__ = ["run_demo", "draw_figures", "cpu_plan", "busy_cores", "DEMO_TRAIN_IMAGES", "DEMO_VAL_IMAGES"]
 
 #: Synthetic images generated for the demo (about 0.07 s each on the reference CPU).
 DEMO_TRAIN_IMAGES = 400
@@ -30,28 +30,60 @@ DEMO_VAL_IMAGES = 50
 EVAL_RESERVE_S = 30.0
 
 
-def cpu_plan(cores: int | None = None, load: float | None = None) -> list[str]:
+def busy_cores(window_s: float = 0.5) -> float | None:
+    """How many cores other processes keep busy right now (Linux ``/proc/stat``).
+
+    Samples the aggregate CPU counters twice ``window_s`` apart while this process
+    sleeps. Unlike the load average, which needs minutes to decay after a burst (an
+    install, a test run), this reflects the present. ``None`` where unavailable.
+    """
+    import os
+
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as fh:
+                fields = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    first = read()
+    if first is None:
+        return None
+    time.sleep(window_s)
+    second = read()
+    if second is None or second[0] <= first[0]:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    return (1.0 - idle / total) * (os.cpu_count() or 1)
+
+
+def cpu_plan(cores: int | None = None, busy: float | None = None) -> list[str]:
     """Threads and data workers for the demo on this CPU, as config overrides.
 
     On an idle 2-core machine two compute threads with in-process data loading are
     fastest (8.5 steps/s against 5.8 for one thread plus one worker, measured on the
-    reference machine). When other jobs keep the cores busy, two OpenMP threads spin
-    against them and training slows several-fold, so a loaded machine gets one compute
+    reference machine). When other jobs keep a core busy, two OpenMP threads spin
+    against them and training slows several-fold, so a busy machine gets one compute
     thread plus one data worker (the ``synthetic`` config's setting).
 
     Args:
         cores: CPU count (default ``os.cpu_count()``).
-        load: 1-minute load average (default ``os.getloadavg()[0]``).
+        busy: cores kept busy by other processes (default :func:`busy_cores`, else the
+            1-minute load average).
     """
     import os
 
     cores = cores or os.cpu_count() or 1
-    if load is None:
+    if busy is None:
+        busy = busy_cores()
+    if busy is None:
         try:
-            load = os.getloadavg()[0]
+            busy = os.getloadavg()[0]
         except (AttributeError, OSError):  # not available on every platform
-            load = 0.0
-    if cores <= 2 and load > 0.75:
+            busy = 0.0
+    if cores <= 2 and busy > 0.5:
         return ["train.threads=1", "data.num_workers=1"]
     return [f"train.threads={min(cores, 8)}", "data.num_workers=0" if cores <= 2 else "data.num_workers=2"]
 
@@ -199,6 +231,7 @@ def run_demo(
         num_val_images=num_val,
         torch_threads=torch.get_num_threads(),
         data_workers=config.data.num_workers,
+        cpu_plan=plan,
         decoder=config.eval.decoder,
         flip=config.eval.flip,
         figures=figures,
