@@ -186,13 +186,11 @@ class EvalConfig:
 
     Attributes:
         flip: test-time horizontal flip (Sec. 4.2).
-        batch_size: images per inference batch.
         decoder: keyword arguments of ``hle.core.decode.decode_panoptic`` (thresholds,
             minimum areas, ``downsample``); tuned per dataset.
     """
 
     flip: bool = True
-    batch_size: int = 1
     decoder: dict = field(default_factory=dict)
 
 
@@ -279,7 +277,7 @@ def _section_fields(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def _build(cls: type, data: Any, prefix: str, strict: bool = True) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -289,24 +287,31 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for name, value in data.items():
         key = f"{prefix}{name}"
         if name not in fields:
+            if not strict:
+                continue
             raise ConfigError(
                 f"unknown config key '{key}' (valid: {', '.join(sorted(fields))})"
             )
         tp = fields[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{key}.")
+            kwargs[name] = _build(tp, value, f"{key}.", strict)
         else:
             kwargs[name] = _coerce(value, tp, key)
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict) -> Config:
+def config_from_dict(data: dict, *, strict: bool = True) -> Config:
     """Build a :class:`Config` from nested plain data (as in YAML or a checkpoint).
 
+    Args:
+        data: nested mapping.
+        strict: reject unknown keys. Checkpoints are read with ``strict=False`` so a
+            key removed in a later version does not make old checkpoints unreadable.
+
     Raises:
-        ConfigError: unknown key or wrong type, naming the dotted key.
+        ConfigError: unknown key (when strict) or wrong type, naming the dotted key.
     """
-    return _build(Config, data, "")
+    return _build(Config, data, "", strict)
 
 
 def config_to_dict(config: Config) -> dict:

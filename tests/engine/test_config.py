@@ -92,3 +92,14 @@ def test_config_files_by_path_and_their_errors(tmp_path: Path) -> None:
 def test_dict_round_trip_is_lossless() -> None:
     c = load_config("vistas_r50", ["eval.decoder.min_stuff_area=100"])
     assert config_from_dict(config_to_dict(c)) == c
+
+
+def test_checkpoint_configs_tolerate_removed_keys_but_not_wrong_types() -> None:
+    data = config_to_dict(load_config("synthetic"))
+    data["eval"]["batch_size"] = 1  # a key an older version had
+    with pytest.raises(ConfigError, match="unknown config key 'eval.batch_size'"):
+        config_from_dict(data)
+    assert config_from_dict(data, strict=False) == load_config("synthetic")
+    data["train"]["steps"] = "many"
+    with pytest.raises(ConfigError, match="train.steps: expected int"):
+        config_from_dict(data, strict=False)

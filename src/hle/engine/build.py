@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import torch
 from torch import nn
 
 from hle.config import Config, ConfigError
@@ -118,13 +117,6 @@ def build_loss_options(config: Config, stride: int) -> Any:
     if "stride" in names:
         opts["stride"] = stride
     return HLELossOptions(**opts)
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """Device of the first parameter (CPU for a parameterless module)."""
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def decoder_kwargs(config: Config) -> dict[str, Any]:

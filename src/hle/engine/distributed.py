@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "wrap_model", "unwrap_model", "all_reduce_mean", "average_buffers", "barrier", "broadcast_object"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "wrap_model", "unwrap_model", "average_buffers", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -94,17 +94,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
-    """Average scalar logs over processes (identity for one process)."""
-    if not info.distributed or not values:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=info.device)
-    dist.all_reduce(t)
-    t /= info.world_size
-    return dict(zip(keys, t.tolist()))
-
-
 def average_buffers(model: nn.Module, info: DistInfo) -> None:
     """Average floating-point buffers (BatchNorm running statistics) over processes.
 
@@ -124,12 +113,3 @@ def barrier(info: DistInfo) -> None:
     """Wait for every process (no-op for one process)."""
     if info.distributed:
         dist.barrier()
-
-
-def broadcast_object(obj: object, info: DistInfo, src: int = 0) -> object:
-    """Send a picklable object from ``src`` to every process."""
-    if not info.distributed:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]

@@ -53,14 +53,14 @@ class EvalOutput:
     previews: list[np.ndarray] = field(default_factory=list)
 
 
+@dataclass
 class LoadedModel:
-    """A trained network with what inference needs: config, metadata, class tensors."""
+    """A trained network (eval mode) with its run config, dataset metadata and step."""
 
-    def __init__(self, model: nn.Module, config: Any, metadata: Any, step: int) -> None:
-        self.model = model
-        self.config = config
-        self.metadata = metadata
-        self.step = step
+    model: nn.Module
+    config: Any
+    metadata: Any
+    step: int
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -79,7 +79,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     if not isinstance(state, dict) or "model" not in state or "config" not in state or not state.get("metadata"):
         raise ValueError(f"{path} is not an hle training checkpoint (expected keys model, config, metadata)")
     try:
-        config = config_from_dict(state["config"])
+        config = config_from_dict(state["config"], strict=False)
     except ValueError as exc:
         raise ValueError(f"{path}: the config stored in the checkpoint is not valid for this version ({exc})") from None
     metadata = Metadata.from_dict(state["metadata"])

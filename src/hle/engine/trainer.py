@@ -295,7 +295,7 @@ def train(
     state: dict[str, Any] | None = None
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
-        saved = config_from_dict(state["config"])
+        saved = config_from_dict(state["config"], strict=False)
         if config_to_dict(saved)["model"] != config_to_dict(config)["model"]:
             say("warning: model section differs from the checkpoint's; using the checkpoint's")
             config.model = saved.model
