@@ -101,8 +101,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description="The end-to-end demo on the built-in synthetic dataset: generates it "
         "(resumable), trains the small 'synthetic' config for a bounded time, evaluates on "
         "the synthetic validation split and writes OUT/metrics.json (PQ, PQ_th, PQ_st, SQ, "
-        "RQ, mIoU on a 0-100 scale, time and steps) and PNG figures. Re-running resumes or "
-        "just re-evaluates a finished run.",
+        "RQ, mIoU on a 0-100 scale, time and steps) and PNG figures in OUT/figures. "
+        "Re-running resumes or just re-evaluates a finished run (delete OUT to start over). "
+        "Threads: two compute threads when the CPU is idle, else one thread plus one data "
+        "worker (override with train.threads=N data.num_workers=M).",
     )
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default: runs/demo)")
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole demo (default: 10)")
