@@ -14,7 +14,7 @@ from PIL import Image
 
 
 def write_panoptic_png(path: Path, ids: np.ndarray) -> None:
-    """Encode ids as COCO panoptic RGB (written independently of hle.data.panoptic_io)."""
+    """Encode ids as COCO panoptic RGB (written independently of hle.io)."""
     ids = np.asarray(ids, dtype=np.int64)
     rgb = np.stack([ids % 256, (ids // 256) % 256, ids // (256 * 256)], axis=-1).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ CATEGORIES = (
 
 
 def id2rgb(ids: np.ndarray) -> np.ndarray:
-    # Written independently of hle.evaluation.io so the tests do not trust the code under test.
+    # Written independently of hle.io so the tests do not trust the code under test.
     ids = ids.astype(np.uint32)
     return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from hle.data.metadata import Metadata
-from hle.data.panoptic_io import read_json
+from hle.io import read_json
 
 Record = dict[str, Any]
 PathLike = str | os.PathLike[str]

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from hle.core.kernels import IGNORE_LABEL
 from hle.core.types import PanopticTargets
 from hle.data.metadata import Metadata
-from hle.data.panoptic_io import read_image, read_panoptic
+from hle.io import read_image, read_panoptic
 from hle.data.targets import panoptic_targets, segment_lookup, segments_in_map
 from hle.data.transforms import (
     IMAGENET_MEAN,

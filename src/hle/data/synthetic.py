@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from hle.data.datasets import Record, custom_panoptic
 from hle.data.metadata import Metadata
-from hle.data.panoptic_io import id_to_rgb, write_json_atomic
+from hle.io import id2rgb, write_json_atomic
 
 #: Bumped whenever the generator's output changes, so resumed runs regenerate old files.
 GENERATOR_VERSION = 1
@@ -378,7 +378,7 @@ def generate_synthetic(
                 image, seg, segments = render_scene(rng, height, width, min_fragment=min_fragment)
                 _save_png_atomic(image, image_path)
                 # The panoptic PNG goes last and carries its segments: present means complete.
-                _save_png_atomic(id_to_rgb(seg), pan_path, json.dumps({"params": params, "segments_info": segments}, sort_keys=True))
+                _save_png_atomic(id2rgb(seg), pan_path, json.dumps({"params": params, "segments_info": segments}, sort_keys=True))
             images.append({"id": i, "file_name": name, "height": height, "width": width})
             annotations.append({"image_id": i, "file_name": name, "segments_info": segments})
         index = {

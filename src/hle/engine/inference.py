@@ -154,7 +154,7 @@ def resize_ids(ids: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def original_ground_truth(record: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The record's panoptic id map as stored on disk, and its ``segments_info``."""
-    from hle.data.panoptic_io import read_panoptic
+    from hle.io import read_panoptic
 
     return read_panoptic(record["pan_seg_file_name"]).astype(np.int64), list(record["segments_info"])
 

@@ -60,7 +60,7 @@ def prepare_image(path: str, max_side: int | None) -> tuple[np.ndarray, torch.Te
     The tensor is resized so its longer side is at most ``max_side`` and normalised
     with the ImageNet statistics the data mapper uses.
     """
-    from hle.data.panoptic_io import read_image
+    from hle.io import read_image
     from hle.data.transforms import IMAGENET_MEAN, IMAGENET_STD, max_side_size, normalize, resize_image
 
     try:
@@ -90,7 +90,7 @@ def predict_images(
     """
     from hle.engine.build import decoder_kwargs
     from hle.engine.inference import decode_outputs, resize_ids, run_model, to_dataset_ids
-    from hle.evaluation.io import write_panoptic_png
+    from hle.io import write_panoptic_png
     from hle.visualize import class_palette, colorize_panoptic, overlay, save_png
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from hle.core.pq import PQStat, category_table, pq_image_stats, summarize_pq
 from hle.evaluation.ap import AP_KEYS, MaskAPAccumulator
-from hle.evaluation.io import default_folder, load_json, read_panoptic_png
+from hle.io import default_folder, read_json, read_panoptic
 
 
 
@@ -45,7 +45,10 @@ def categories_from_is_thing(
 def _load(data: Any, what: str) -> tuple[dict[str, Any], Path | None]:
     if isinstance(data, Mapping):
         return dict(data), None
-    return load_json(data, what), Path(data)
+    loaded = read_json(data, f"{what} JSON")
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{what} JSON {data}: expected an object at top level, got {type(loaded).__name__}")
+    return loaded, Path(data)
 
 
 def match_annotations(
@@ -100,8 +103,8 @@ def _evaluate_pairs(
             if not path.is_file():
                 raise FileNotFoundError(f"image {image_id!r}: {side} PNG not found: {path}")
             paths.append(path)
-        gt_pan = read_panoptic_png(paths[0])
-        pred_pan = read_panoptic_png(paths[1])
+        gt_pan = read_panoptic(paths[0])
+        pred_pan = read_panoptic(paths[1])
         if gt_pan.shape != pred_pan.shape:
             raise ValueError(
                 f"image {image_id!r}: prediction PNG {paths[1]} is {pred_pan.shape[1]}x"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hle.core.pq import VOID, to_numpy
-from hle.evaluation.io import MAX_SEGMENT_ID, atomic_write_json, default_folder, write_panoptic_png
+from hle.io import MAX_SEGMENT_ID, default_folder, write_json_atomic, write_panoptic_png
 
 #: Cityscapes label id of each of the 19 train ids (cityscapesScripts ``helpers/labels.py``);
 #: the panoptic benchmark expects label ids, not train ids.
@@ -197,7 +197,7 @@ class CocoPanopticWriter:
             data: dict[str, Any] = {"images": self.images, "annotations": self.annotations}
             if self.categories is not None:
                 data["categories"] = self.categories
-            atomic_write_json(self.out_json, data)
+            write_json_atomic(self.out_json, data)
             self._closed = True
         return self.out_json
 
