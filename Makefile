@@ -32,9 +32,11 @@ test-fast: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(VENV)/bin/hle demo --out runs/demo
 
+# One thread: on this shared 2-core machine two OpenMP threads were slower (docs/benchmarks.md).
 bench: $(VENV)/.installed
-	$(PY) benchmarks/bench_loss.py
-	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_loss.py --threads 1
+	$(PY) benchmarks/bench_decode.py --threads 1
+	$(PY) benchmarks/bench_model.py --threads 2
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
