@@ -530,8 +530,10 @@ def _upsample_ids(ids: torch.Tensor, factor: int, height: int, width: int) -> to
     if factor == 1:
         return ids
     h, w = ids.shape
-    big = ids[:, None, :, None].expand(h, factor, w, factor).reshape(h * factor, w * factor)
-    return big[:height, :width].contiguous()
+    # Columns first ([h, w*f], small), then whole rows repeated: the big write is then
+    # row copies, about 2x faster than one 4-D strided expand.
+    wide = ids[:, :, None].expand(h, w, factor).reshape(h, w * factor)[:, :width]
+    return wide[:, None, :].expand(h, factor, width).reshape(h * factor, width)[:height]
 
 
 def _relabel_(label: torch.Tensor, lut: torch.Tensor, chunk: int) -> torch.Tensor:
