@@ -19,26 +19,14 @@ from hle.core.kernels import instance_kernel, pixel_coordinates
 from hle.core.types import HLEOutputs, PanopticTargets
 from hle.losses import HLELoss
 
+from lovasz_reference import lovasz_reference
+
 D64 = torch.float64
 IS_THING = torch.tensor([False, False, True, True])      # classes 0, 1 stuff; 2, 3 things
 C = 4
 
 
 # ----------------------------------------------------------------------------- reference
-def choquet_lovasz(errors: list[float], labels: list[bool]) -> float:
-    """Lovász extension of the Jaccard loss of the mispredicted set (Choquet form)."""
-    if not errors:
-        return 0.0
-    gt = {i for i, t in enumerate(labels) if t}
-    order = sorted(range(len(errors)), key=lambda i: -errors[i])
-    values = [errors[i] for i in order] + [0.0]
-    total = 0.0
-    for i in range(len(order)):
-        wrong = set(order[: i + 1])
-        total += (values[i] - values[i + 1]) * (1.0 - len(gt - wrong) / len(gt | wrong))
-    return total
-
-
 def coord(r: int, c: int, stride: float, scale: float) -> tuple[float, float]:
     return (((r + 0.5) * stride - 0.5) * scale, ((c + 0.5) * stride - 0.5) * scale)
 
@@ -82,7 +70,7 @@ def reference(outputs, targets, class_means, class_sigma, is_thing, stride=1.0,
     present = sorted({label[q] for q in sem_pix})
     probs = {q: psi(q) for q in sem_pix}
     if loss == "lovasz":
-        per_class = [choquet_lovasz([abs((label[q] == k) - probs[q][k]) for q in sem_pix],
+        per_class = [lovasz_reference([abs((label[q] == k) - probs[q][k]) for q in sem_pix],
                                     [label[q] == k for q in sem_pix]) for k in present]
         seg = sum(per_class) / len(per_class) if per_class else 0.0
     elif loss == "cross_entropy":
@@ -120,7 +108,7 @@ def reference(outputs, targets, class_means, class_sigma, is_thing, stride=1.0,
             t = [int(targets.instance[q]) == l for q in img_pix]
             p = [phi(q) for q in img_pix]
             if loss == "lovasz":
-                ins_terms.append(choquet_lovasz([abs(a - x) for a, x in zip(t, p)], t))
+                ins_terms.append(lovasz_reference([abs(a - x) for a, x in zip(t, p)], t))
             elif loss == "cross_entropy":
                 ins_terms.append(sum(-math.log(x) if a else -math.log(1 - x)
                                      for a, x in zip(t, p)) / len(p))

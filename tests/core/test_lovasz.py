@@ -25,30 +25,12 @@ from hle.core.lovasz import (
     lovasz_softmax_rows,
 )
 
+from lovasz_reference import jaccard_set_loss, lovasz_reference
+
 D64 = torch.float64
 
 
 # ----------------------------------------------------------------------------- reference
-def jaccard_set_loss(mistakes: set[int], gt: set[int]) -> float:
-    """Jaccard loss 1 - IoU when exactly the pixels in ``mistakes`` are predicted wrong."""
-    if not mistakes:
-        return 0.0
-    return 1.0 - len(gt - mistakes) / len(gt | mistakes)
-
-
-def lovasz_reference(errors: list[float], labels: list[bool]) -> float:
-    """Choquet-integral form of the Lovász extension of the Jaccard loss."""
-    if not errors:
-        return 0.0
-    gt = {i for i, t in enumerate(labels) if t}
-    order = sorted(range(len(errors)), key=lambda i: -errors[i])
-    values = [errors[i] for i in order] + [0.0]
-    total = 0.0
-    for i in range(len(order)):
-        total += (values[i] - values[i + 1]) * jaccard_set_loss(set(order[: i + 1]), gt)
-    return total
-
-
 def reference_rows(errors: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None):
     out = []
     for m in range(errors.shape[0]):
