@@ -52,6 +52,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    """--flip / --no-flip and --device, shared by evaluate and predict."""
+    flip = p.add_mutually_exclusive_group()
+    flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="test-time flip (default: the checkpoint config's eval.flip)")
+    flip.add_argument("--no-flip", dest="flip", action="store_false", help="no test-time flip")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device (default: auto)")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -67,10 +75,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split name (default: val)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: next to the checkpoint, eval_<split>)")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate only the first N images")
-    flip = p.add_mutually_exclusive_group()
-    flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="test-time flip (default: the checkpoint config's eval.flip)")
-    flip.add_argument("--no-flip", dest="flip", action="store_false", help="no test-time flip")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device (default: auto)")
+    _add_inference_options(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="eval overrides, e.g. eval.decoder.seed_threshold=0.4")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -87,10 +92,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by hle train")
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or globs")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    flip = p.add_mutually_exclusive_group()
-    flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="test-time flip (default: the checkpoint config's eval.flip)")
-    flip.add_argument("--no-flip", dest="flip", action="store_false", help="no test-time flip")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device (default: auto)")
+    _add_inference_options(p)
     p.set_defaults(func=_cmd_predict)
 
 
