@@ -132,7 +132,7 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
 def check_segments_info(result, height: int, width: int, is_thing: torch.Tensor = IS_THING) -> None:
     """Ids 1..S, and area / bbox recomputed by brute force from the returned map."""
     pan = result.panoptic
-    assert pan.shape == (height, width) and pan.dtype == torch.int64
+    assert pan.shape == (height, width) and pan.dtype == torch.int32
     ids = [s["id"] for s in result.segments_info]
     assert ids == list(range(1, len(ids) + 1))
     assert set(pan.unique().tolist()) <= set(ids) | {0}
@@ -392,6 +392,56 @@ def test_downsample_equals_decoding_the_sampled_maps() -> None:
     result = decode_panoptic(*scene.inputs(), downsample=f, **LOOSE)
     expected = small.panoptic.repeat_interleave(f, 0).repeat_interleave(f, 1)
     assert torch.equal(result.panoptic, expected)
+    for got, ref in zip(result.segments_info, small.segments_info, strict=True):
+        assert (got["category_id"], got["isthing"], got["area"]) == (ref["category_id"], ref["isthing"], ref["area"] * f * f)
+        assert got["score"] == pytest.approx(ref["score"], rel=1e-6)
+
+
+@pytest.mark.parametrize("size", [(64, 96), (66, 98), (63, 95)])
+def test_downsampled_stuff_scores_are_area_weighted_psi_means(size: tuple[int, int]) -> None:
+    # Noisy embeddings so psi varies from pixel to pixel. Reference: psi at the
+    # block centres (semantic_assignment on the hand-sampled map), upsampled with
+    # repeat_interleave and cropped, averaged over each returned stuff segment. When
+    # f does not divide the size, the last block row / column covers fewer pixels.
+    height, width = size
+    boxes = [(12, 6, 40, 46, 2), (42, 20, 62, 60, 3)]
+    scene = make_scene(boxes, height=height, width=width)
+    gen = torch.Generator().manual_seed(3)
+    scene.embedding = F.normalize(scene.embedding + 0.15 * torch.randn(scene.embedding.shape, generator=gen), dim=0)
+    for f in (2, 4):
+        result = decode_panoptic(*scene.inputs(), downsample=f, **LOOSE)
+        check_segments_info(result, height, width)
+        rows = (torch.arange(-(-height // f)) * f + f // 2).clamp(max=height - 1)
+        cols = (torch.arange(-(-width // f)) * f + f // 2).clamp(max=width - 1)
+        _, psi = semantic_assignment(scene.embedding[:, rows][:, :, cols], scene.class_means, scene.class_sigma)
+        psi_full = psi.repeat_interleave(f, 0).repeat_interleave(f, 1)[:height, :width].double()
+        stuff = [s for s in result.segments_info if not s["isthing"]]
+        assert stuff
+        for seg in stuff:
+            mask = result.panoptic == seg["id"]
+            assert seg["score"] == pytest.approx(float(psi_full[mask].mean()), rel=1e-5)
+
+
+def test_semantic_logits_with_downsample_equals_decoding_the_sampled_maps() -> None:
+    # Separate-branch logits, decoded at f=4: the same as decoding the hand-sampled
+    # maps (logits included) at stride 4 and upsampling the ids.
+    scene = make_scene(BOXES)
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(NUM_CLASSES, 64, 96, generator=gen)
+    logits[scene.semantic, torch.arange(64)[:, None], torch.arange(96)[None, :]] += 6.0
+    f = 4
+    rows, cols = torch.arange(f // 2, 64, f), torch.arange(f // 2, 96, f)
+
+    def sample(x: torch.Tensor) -> torch.Tensor:
+        return x[:, rows][:, :, cols]
+
+    small = decode_panoptic(
+        sample(scene.embedding), sample(scene.sigma), sample(scene.spatial_sigma), sample(scene.seed),
+        scene.class_means, scene.class_sigma, IS_THING, semantic_logits=sample(logits), stride=float(f), **LOOSE,
+    )
+    result = decode_panoptic(*scene.inputs(), semantic_logits=logits, downsample=f, **LOOSE)
+    assert len(result.segments_info) >= 4
+    assert torch.equal(result.panoptic, small.panoptic.repeat_interleave(f, 0).repeat_interleave(f, 1))
     for got, ref in zip(result.segments_info, small.segments_info, strict=True):
         assert (got["category_id"], got["isthing"], got["area"]) == (ref["category_id"], ref["isthing"], ref["area"] * f * f)
         assert got["score"] == pytest.approx(ref["score"], rel=1e-6)

@@ -53,7 +53,7 @@ class PanopticResult(NamedTuple):
     """Decoded panoptic segmentation of one image (COCO panoptic convention).
 
     Attributes:
-        panoptic: ``[H, W]`` int64 segment ids, ``0`` = void / unassigned.
+        panoptic: ``[H, W]`` int32 segment ids (as detectron2's ``panoptic_seg``), ``0`` = void / unassigned.
         segments_info: one dict per segment with keys ``id, category_id`` (contiguous
             train id), ``isthing, area, bbox`` (``[x, y, w, h]``) and ``score``.
     """
