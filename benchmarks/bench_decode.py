@@ -14,6 +14,10 @@ At 1024x2048, D=12, 19 classes (8 things), 30 instances on synthetic maps, times
     full       decode_panoptic at full resolution
     ds2/4/8    decode_panoptic(downsample=f), block-centre sampling (default)
     ds4-avg    decode_panoptic(downsample=4, downsample_mode="avg")
+    native-s4  decode_panoptic(stride=4) on 256x512 maps (the block centres, made
+               contiguous beforehand): what a pipeline gets that keeps the
+               network's stride-4 output instead of upsampling it. For reference,
+               not a target row: its id map is 256x512, not 1024x2048.
 
 Targets: full <= 3x floor; ds4 >= 10x faster than full. Timings of one run are
 compared only with each other (same process, same threads, interleaved so that
@@ -27,9 +31,11 @@ Usage: ``python benchmarks/bench_decode.py [--threads 1 2] [--repeats 7] [--out 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -143,6 +149,28 @@ def semantic_naive(embedding: torch.Tensor, means: torch.Tensor, sigma: torch.Te
     return (weight.T @ embedding.reshape(d, h * w) + bias[:, None]).argmax(dim=0).view(h, w)
 
 
+def keep_freed_memory() -> str:
+    """Ask glibc to keep freed memory in the heap; returns the allocator regime used.
+
+    By default glibc serves allocations above a *moving* threshold with fresh
+    ``mmap`` pages and returns freed heap tops to the kernel. Which buffers of a
+    call come back as fresh pages then depends on what ran before it, and on this
+    VM every fresh 4 KiB page costs ~2.5 us on first touch (an 8 MB id map: ~5 ms).
+    One run of the suite may fault on every call of a row and the next not at all,
+    which swamps the decoder's own cost. A fixed 32 MiB mmap threshold and no
+    trimming make every row reuse memory, as a video loop decoding frame after
+    frame does once warm (``--malloc default`` measures glibc's own behaviour).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "default (no glibc)"
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if libc.mallopt(m_mmap_threshold, 32 << 20) != 1 or libc.mallopt(m_trim_threshold, 1 << 30) != 1:
+        return "default (mallopt refused)"
+    return "kept (glibc mallopt: mmap threshold 32 MiB, no trim)"
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -159,7 +187,11 @@ def time_interleaved(
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[int]]]:
     """Wall ms, process-CPU ms and minor page faults per case and round.
 
-    One round = every case once, so load spikes hit all rows alike. On a shared
+    One round = every case once, in a freshly shuffled order (seeded), so load
+    spikes hit all rows alike and no row always follows the same neighbour (what
+    the previous case leaves in the caches varies: a fixed order biases the rows
+    that follow a cache-heavy one). A case's result is dropped after its clock
+    stops: freeing it is the caller's business, not the decoder's. On a shared
     machine the CPU time (time this process actually ran) is much less disturbed
     by other users than wall time. Page faults are counted because on this VM
     first-touching fresh memory costs ~2.5 us per 4 KiB page (~10 ms per 16 MB),
@@ -170,14 +202,17 @@ def time_interleaved(
     wall: dict[str, list[float]] = {name: [] for name in cases}
     cpu: dict[str, list[float]] = {name: [] for name in cases}
     faults: dict[str, list[int]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
+    order = list(cases)
+    for round_ in range(repeats):
+        random.Random(round_).shuffle(order)
+        for name in order:
             flt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
+            result = cases[name]()
             cpu[name].append((time.process_time() - start_cpu) * 1e3)
             wall[name].append((time.perf_counter() - start) * 1e3)
             faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt)
+            del result
     return wall, cpu, faults
 
 
@@ -186,11 +221,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op threads to test")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_decode.json")
+    parser.add_argument(
+        "--malloc", choices=["kept", "default"], default="kept",
+        help="kept: glibc keeps freed memory, no page faults in steady state (default); default: glibc as is",
+    )
     args = parser.parse_args()
+    malloc = keep_freed_memory() if args.malloc == "kept" else "default"
 
     maps = synthetic_outputs()
     e, m, s = maps["embedding"], maps["class_means"], maps["class_sigma"]
     args_ = [maps[k] for k in ("embedding", "sigma", "spatial_sigma", "seed", "class_means", "class_sigma", "is_thing")]
+    native = [t[:, 2::4, 2::4].contiguous() if t.dim() == 3 else t for t in args_]
     # Areas in output pixels; generous seed threshold for the synthetic seeds.
     common = dict(min_thing_area=64, min_stuff_area=2048)
     cases: dict[str, Callable[[], object]] = {
@@ -202,6 +243,7 @@ def main() -> None:
         "ds4": lambda: decode_panoptic(*args_, downsample=4, **common),
         "ds8": lambda: decode_panoptic(*args_, downsample=8, **common),
         "ds4-avg": lambda: decode_panoptic(*args_, downsample=4, downsample_mode="avg", **common),
+        "native-s4": lambda: decode_panoptic(*native, stride=4.0, min_thing_area=4, min_stuff_area=128),
     }
     # Sanity: the floor agrees with the reference assignment; count what is decoded.
     reference = semantic_assignment(e, m, s)[0]
@@ -250,7 +292,7 @@ def main() -> None:
             )
         )
         print(f"\n{HEIGHT}x{WIDTH}, D={DIM}, C={NUM_CLASSES} ({NUM_THINGS} things), {NUM_INSTANCES} instances; "
-              f"torch threads={threads}, median of {args.repeats} (load avg {load_before:.2f})")
+              f"torch threads={threads}, median of {args.repeats} (load avg {load_before:.2f}); malloc: {malloc}")
         header = ("case", "wall ms", "min ms", "x floor", "cpu ms", "x floor", "faults")
         print("{:10s} {:>9s} {:>8s} {:>8s} {:>8s} {:>8s} {:>7s}".format(*header))
         for name in ["floor", *cases]:
@@ -282,6 +324,7 @@ def main() -> None:
             torch=torch.__version__,
             python=platform.python_version(),
             note="shared machine: other users' jobs run concurrently; rows are interleaved",
+            malloc=malloc,
         ),
         instances_decoded=decoded,
         thing_pixel_fraction=thing_fraction,

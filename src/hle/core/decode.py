@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from hle.core.kernels import (
     DEFAULT_COORD_SCALE,
+    axis_coordinates,
     instance_kernel,
     normalize_rows,
-    pixel_coordinates,
     split_views,
 )
 from hle.core.types import HLEOutputs, PanopticResult
@@ -182,7 +182,7 @@ def _semantic_pass(
         torch.ge(label_c, num_stuff, out=thing_c)
         # "not >=" rather than "<": a NaN psi counts as below the threshold.
         torch.ge(psi, stuff_threshold, out=low)
-        low.logical_not_().logical_and_(~thing_c)
+        torch.logical_or(low, thing_c, out=low).logical_not_()
         label_c.masked_fill_(low, num_classes)
         # Stuff labels are final after this pass, so their psi sums can be taken
         # now, in float64: bincount accumulates in the weights' dtype, and float32
@@ -190,6 +190,10 @@ def _semantic_pass(
         weights = psi.double() if pixel_weight is None else psi.double() * pixel_weight[start:stop]
         psi_sum += torch.bincount(label_c, weights=weights, minlength=num_classes + 1)
     return label, thing, psi_sum
+
+
+#: dtypes that NumPy shares memory with (not bfloat16).
+_NUMPY_DTYPES = frozenset({torch.float16, torch.float32, torch.float64, torch.int32, torch.int64, torch.uint8, torch.bool})
 
 
 def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -200,7 +204,8 @@ def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
     1024x2048 embedding, 1.9 ms against 2.7 ms for ``Tensor.copy_`` (cold caches,
     one thread; see docs/benchmarks.md).
     """
-    if dst.device.type == "cpu" and src.device.type == "cpu" and dst.dtype == src.dtype:
+    same_cpu_dtype = dst.device.type == src.device.type == "cpu" and dst.dtype == src.dtype
+    if same_cpu_dtype and dst.dtype in _NUMPY_DTYPES:
         np.copyto(dst.detach().numpy(), src.detach().numpy(), casting="no")
     else:
         dst.copy_(src)
@@ -520,6 +525,10 @@ def _downsample_maps(x: torch.Tensor, factor: int, mode: str) -> torch.Tensor:
         return F.avg_pool2d(x[None], factor, factor, ceil_mode=True)[0]
     off = factor // 2
     out = x[:, off::factor, off::factor]
+    if out.shape[1] == -(-h // factor) and out.shape[2] == -(-w // factor):
+        dense = torch.empty(out.shape, dtype=x.dtype, device=x.device)
+        _copy_into(dense, out)
+        return dense
     # A partial last block whose centre falls outside the image samples its last pixel.
     if out.shape[1] < -(-h // factor):
         out = torch.cat([out, x[:, h - 1 :, off::factor]], dim=1)
@@ -604,15 +613,14 @@ def _segment_stats(
             + factor * b * (last_col - corner)
             + a * b * corner
         )
-    rows_present, cols_present = row_hits > 0, col_hits > 0
-    # argmax returns the first maximal index: first / last row and column present.
-    y0 = rows_present.byte().argmax(dim=0)
-    y1 = h - 1 - rows_present.flip(0).byte().argmax(dim=0)
-    x0 = cols_present.byte().argmax(dim=0)
-    x1 = w - 1 - cols_present.flip(0).byte().argmax(dim=0)
-    top, left = y0 * factor, x0 * factor
-    bottom = ((y1 + 1) * factor).clamp(max=height)
-    right = ((x1 + 1) * factor).clamp(max=width)
+    # First and last row / column where each label is present (absent labels get
+    # an empty box; they are dropped by their zero area anyway).
+    row_index = torch.arange(h, device=device)[:, None]
+    col_index = torch.arange(w, device=device)[:, None]
+    top = torch.where(row_hits > 0, row_index, h).amin(dim=0) * factor
+    left = torch.where(col_hits > 0, col_index, w).amin(dim=0) * factor
+    bottom = ((torch.where(row_hits > 0, row_index, -1).amax(dim=0) + 1) * factor).clamp_(max=height)
+    right = ((torch.where(col_hits > 0, col_index, -1).amax(dim=0) + 1) * factor).clamp_(max=width)
     return area, torch.stack([left, top, right - left, bottom - top], dim=1)
 
 
@@ -823,8 +831,8 @@ def decode_panoptic(
     psi_sum *= weight_scale
 
     # -- (2)+(3) seeds on thing pixels, merged greedily with Phi
-    row_coord = pixel_coordinates(h, 1, stride=stride * f, coord_scale=coord_scale, device=device, dtype=dtype)[:, 0]
-    col_coord = pixel_coordinates(1, w, stride=stride * f, coord_scale=coord_scale, device=device, dtype=dtype)[:, 1]
+    axis = dict(stride=stride * f, coord_scale=coord_scale, device=device, dtype=dtype)
+    row_coord, col_coord = axis_coordinates(h, **axis), axis_coordinates(w, **axis)
     seed_index, seed_score = find_seeds(
         seed_map, thing.view(h, w), threshold=seed_threshold, kernel=nms_kernel, max_seeds=max_instances
     )

@@ -21,6 +21,22 @@ DEFAULT_COORD_SCALE = 1.0 / 64.0
 IGNORE_LABEL = 255
 
 
+def axis_coordinates(
+    size: int,
+    *,
+    stride: float = 1.0,
+    coord_scale: float = DEFAULT_COORD_SCALE,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Coordinates of the ``size`` pixel centres along one axis (see :func:`pixel_coordinates`).
+
+    Returns:
+        ``[size]`` tensor: ``((i + 0.5) * stride - 0.5) * coord_scale`` for pixel ``i``.
+    """
+    return ((torch.arange(size, device=device, dtype=dtype) + 0.5) * stride - 0.5) * coord_scale
+
+
 def pixel_coordinates(
     height: int,
     width: int,
@@ -43,10 +59,9 @@ def pixel_coordinates(
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"pixel_coordinates: expected a positive size, got {height}x{width}")
-    rows = (torch.arange(height, device=device, dtype=dtype) + 0.5) * stride - 0.5
-    cols = (torch.arange(width, device=device, dtype=dtype) + 0.5) * stride - 0.5
-    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)
-    return grid.reshape(-1, 2) * coord_scale
+    kwargs = dict(stride=stride, coord_scale=coord_scale, device=device, dtype=dtype)
+    rows, cols = axis_coordinates(height, **kwargs), axis_coordinates(width, **kwargs)
+    return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
 def normalize_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
