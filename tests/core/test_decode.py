@@ -447,6 +447,43 @@ def test_semantic_logits_with_downsample_equals_decoding_the_sampled_maps() -> N
         assert got["score"] == pytest.approx(ref["score"], rel=1e-6)
 
 
+@pytest.mark.parametrize("size", [(64, 96), (63, 95), (62, 94)])
+def test_output_size_equals_downsampling_the_upsampled_maps(size: tuple[int, int]) -> None:
+    # Native stride-4 maps decoded straight to a full-size id map must equal
+    # downsample=4 on their nearest upsampling: the block centres are then exactly
+    # the native pixels (also in cropped last blocks), so ids, areas, boxes and
+    # scores must all agree.
+    height, width = size
+    scene = make_scene([(12, 6, 40, 46, 2), (12, 46, 40, 90, 2), (42, 20, 64, 60, 3)])
+    gen = torch.Generator().manual_seed(7)
+    scene.embedding = F.normalize(scene.embedding + 0.1 * torch.randn(scene.embedding.shape, generator=gen), dim=0)
+    rows, cols = torch.arange(2, 64, 4), torch.arange(2, 96, 4)
+    native = [t[:, rows][:, :, cols] if t.dim() == 3 else t for t in scene.inputs()]
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, :height, :width] if t.dim() == 3 else t
+
+    result = decode_panoptic(*native, stride=4.0, output_size=(height, width), **LOOSE)
+    expected = decode_panoptic(*(up(t) for t in native), downsample=4, **LOOSE)
+    check_segments_info(result, height, width)
+    assert len(result.segments_info) >= 4
+    assert torch.equal(result.panoptic, expected.panoptic)
+    for got, ref in zip(result.segments_info, expected.segments_info, strict=True):
+        assert {k: v for k, v in got.items() if k != "score"} == {k: v for k, v in ref.items() if k != "score"}
+        assert got["score"] == pytest.approx(ref["score"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("stride", "size", "message"),
+    [(2.5, (40, 60), "integer stride"), (4.0, (60, 96), "does not fit"), (4.0, (64, 100), "does not fit"),
+     (4.0, (64,), "must be \\(height, width\\)")],
+)
+def test_output_size_errors_name_the_problem(stride: float, size: tuple, message: str) -> None:
+    scene = make_scene(BOXES, height=16, width=24)
+    with pytest.raises(ValueError, match=message):
+        decode_panoptic(*scene.inputs(), stride=stride, output_size=size, **LOOSE)
+
+
 def test_float64_inputs_give_the_same_result() -> None:
     scene = make_scene(BOXES)
     single = decode_panoptic(*scene.inputs(), **LOOSE)
@@ -469,6 +506,23 @@ def test_half_precision_inputs_recover_the_scene(dtype: torch.dtype, factor: int
     assert torch.equal(result.panoptic, decode_panoptic(*scene.inputs(), downsample=factor, **LOOSE).panoptic)
     if factor == 1:
         match(result, gt_segments(scene), min_iou=1.0)
+
+
+def test_thread_count_does_not_change_the_result() -> None:
+    # The block-centre copy goes through NumPy on one thread and through torch on
+    # several: both must give the same decode.
+    scene = make_scene(BOXES)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append([decode_panoptic(*scene.inputs(), downsample=f, **LOOSE) for f in (2, 4)])
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one.panoptic, two.panoptic)
+        assert one.segments_info == two.segments_info
 
 
 def test_channels_last_embedding_gives_the_same_result() -> None:
