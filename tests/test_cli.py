@@ -67,21 +67,27 @@ def _check_coco_panoptic(json_path: Path, png_folder: Path, category_ids: set[in
             assert s["category_id"] in category_ids and s["area"] == int((ids == s["id"]).sum())
 
 
-@pytest.mark.parametrize("resize", [[], ["data.max_side=64"]], ids=["native", "max_side"])
+@pytest.mark.parametrize(
+    ("flags", "resize"),
+    [([], []), ([], ["data.max_side=64"]), (["--native-resolution"], ["data.max_side=64"])],
+    ids=["original_size", "max_side", "max_side_native_resolution"],
+)
 def test_evaluate_prints_pq_and_writes_coco_panoptic(
-    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], resize: list[str]
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], resize: list[str]
 ) -> None:
-    # With a max side (64 < 96) the network sees a smaller image; predictions and PQ must
-    # still be at the dataset's original resolution.
+    # With a max side (64 < 96) the network sees a smaller image (43x64, not a multiple
+    # of the stride 4); predictions and PQ must still be at the dataset's original
+    # resolution, also when the network's stride-4 outputs are decoded directly.
     out = tmp_path / "eval"
     code = main(["evaluate", str(trained["checkpoint"]), "--data", "synthetic", "--root", str(trained["data"]),
-                 "--out", str(out), "--no-flip", "eval.decoder.min_stuff_area=8", *resize])
+                 "--out", str(out), "--no-flip", *flags, "eval.decoder.min_stuff_area=8", *resize])
     assert code == 0
     text = capsys.readouterr().out
     assert "Things" in text and "Stuff" in text
     metrics = json.loads((out / "metrics.json").read_text())
     assert all(0.0 <= metrics[k] <= 100.0 for k in ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU"))
     assert metrics["decoder"]["min_stuff_area"] == 8
+    assert metrics["native_resolution"] is bool(flags)
     _check_coco_panoptic(out / "panoptic_val.json", out / "panoptic_val", set(range(1, 10)))
     # the written files evaluate with the official-format pq_compute to the same PQ
     from hle.evaluation import pq_compute
@@ -91,10 +97,11 @@ def test_evaluate_prints_pq_and_writes_coco_panoptic(
     assert 100.0 * again["All"]["pq"] == pytest.approx(metrics["PQ"], abs=1e-9)
 
 
-def test_predict_accepts_files_folders_and_globs(trained: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("flags", [[], ["--native-resolution"]], ids=["full_resolution", "native_resolution"])
+def test_predict_accepts_files_folders_and_globs(trained: dict[str, Path], tmp_path: Path, flags: list[str]) -> None:
     images = trained["data"] / "val" / "images"
     out = tmp_path / "pred"
-    code = main(["predict", str(trained["checkpoint"]), str(images), str(images / "*.png"), "--out", str(out)])
+    code = main(["predict", str(trained["checkpoint"]), str(images), str(images / "*.png"), "--out", str(out), *flags])
     assert code == 0
     names = sorted(p.name for p in images.iterdir())
     for name in names:

@@ -57,6 +57,16 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     flip = p.add_mutually_exclusive_group()
     flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="test-time flip (default: the checkpoint config's eval.flip)")
     flip.add_argument("--no-flip", dest="flip", action="store_false", help="no test-time flip")
+    native = p.add_mutually_exclusive_group()
+    native.add_argument(
+        "--native-resolution", dest="native", action="store_true", default=None,
+        help="decode the network's stride-4 outputs and expand the ids to the image (fast; default: "
+        "the checkpoint config's eval.native_resolution)",
+    )
+    native.add_argument(
+        "--full-resolution", dest="native", action="store_false",
+        help="upsample the network's outputs to the image size before decoding",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device (default: auto)")
 
 
@@ -223,6 +233,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{args.split}"
     writer, add_prediction = dataset_prediction_writer(out, f"panoptic_{args.split}", metadata)
     flip = config.eval.flip if args.flip is None else args.flip
+    native = config.eval.native_resolution if args.native is None else args.native
     result = evaluate_records(
         loaded.model,
         records,
@@ -230,6 +241,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         build_mapper(config, metadata, train=False),
         flip=flip,
         decoder_kwargs=decoder_kwargs(config),
+        native=native,
         on_prediction=add_prediction,
         progress=True,
     )
@@ -238,7 +250,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     print(format_pq_table(result.summary))
     metrics = {k: v for k, v in result.metrics.items()}
-    metrics.update(checkpoint=str(args.checkpoint), step=loaded.step, split=args.split, flip=flip, decoder=config.eval.decoder)
+    metrics.update(checkpoint=str(args.checkpoint), step=loaded.step, split=args.split, flip=flip, native_resolution=native, decoder=config.eval.decoder)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(f"predictions: {json_path} (+ {json_path.with_suffix('')}/); metrics: {out / 'metrics.json'}")
     return 0
@@ -284,7 +296,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     paths = expand_images(args.images)
     loaded = _load_checkpoint_model(args.checkpoint, args.device)
     flip = loaded.config.eval.flip if args.flip is None else args.flip
-    written = predict_images(loaded, paths, Path(args.out), flip=flip, progress=True)
+    native = loaded.config.eval.native_resolution if args.native is None else args.native
+    written = predict_images(loaded, paths, Path(args.out), flip=flip, native=native, progress=True)
     print(f"wrote {len(written)} predictions to {args.out}")
     return 0
 

@@ -234,6 +234,7 @@ def run_demo(
         cpu_plan=plan,
         decoder=config.eval.decoder,
         flip=config.eval.flip,
+        native_resolution=config.eval.native_resolution,
         figures=figures,
         per_class=result.last_metrics.get("per_class", {}),
     )

@@ -90,34 +90,54 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Loaded
 
 
 @torch.no_grad()
-def run_model(model: nn.Module, images: torch.Tensor, *, flip: bool = False) -> HLEOutputs:
+def run_model(model: nn.Module, images: torch.Tensor, *, flip: bool = False, upsample: bool = True) -> HLEOutputs:
     """Network outputs at input resolution, with optional test-time flip.
 
     Args:
         model: an :class:`hle.models.HLENet` in eval mode.
         images: ``[B, 3, H, W]`` normalised images.
+        flip: test-time horizontal flip.
+        upsample: outputs at image resolution; ``False`` keeps the decoder stride
+            (decode them with ``decode_outputs(..., image_size=(H, W))``).
     """
     from hle.models import flip_inference
 
     if flip:
-        return flip_inference(model, images)
-    return model(images)
+        return flip_inference(model, images, upsample=upsample)
+    return model(images, upsample=upsample)
 
 
 @torch.no_grad()
 def decode_outputs(
-    model: nn.Module, outputs: HLEOutputs, is_thing: torch.Tensor, decoder_kwargs: dict[str, Any] | None = None
+    model: nn.Module,
+    outputs: HLEOutputs,
+    is_thing: torch.Tensor,
+    decoder_kwargs: dict[str, Any] | None = None,
+    *,
+    image_size: Sequence[int] | None = None,
 ) -> list[PanopticResult]:
-    """Decode a batch of outputs with the model's class means and sigmas (Sec. 3.5)."""
+    """Decode a batch of outputs with the model's class means and sigmas (Sec. 3.5).
+
+    Args:
+        image_size: ``(H, W)`` of the network input. When the outputs are smaller
+            (``run_model(..., upsample=False)``), they are decoded at the model's
+            ``decoder_stride`` and the id maps expanded to ``(H, W)``
+            (``decode_panoptic(stride=..., output_size=...)``).
+    """
     from hle.core.decode import decode_batch
 
+    kwargs = dict(decoder_kwargs or {})
+    height, width = outputs.embedding.shape[-2:]
+    if image_size is not None and tuple(image_size) != (height, width):
+        stride = int(getattr(model, "decoder_stride", 0)) or -(-int(image_size[0]) // height)
+        kwargs.update(stride=float(stride), output_size=(int(image_size[0]), int(image_size[1])))
     device = outputs.embedding.device
     return decode_batch(
         HLEOutputs(*(None if t is None else t.float() for t in outputs)),
         model.class_means.detach().float().to(device),
         model.class_sigma().detach().float().to(device),
         is_thing.to(device),
-        **dict(decoder_kwargs or {}),
+        **kwargs,
     )
 
 
@@ -204,6 +224,7 @@ def evaluate_records(
     *,
     flip: bool = False,
     decoder_kwargs: dict[str, Any] | None = None,
+    native: bool = False,
     info: Any = None,
     num_previews: int = 0,
     on_prediction: Callable[[dict[str, Any], np.ndarray, list[dict[str, Any]]], None] | None = None,
@@ -223,6 +244,8 @@ def evaluate_records(
         mapper: an evaluation :class:`hle.data.PanopticMapper` (``return_panoptic``).
         flip: test-time flip.
         decoder_kwargs: keyword arguments of ``decode_panoptic``.
+        native: decode the outputs at the network's decoder stride
+            (``eval.native_resolution``) instead of upsampling them first.
         info: :class:`hle.engine.distributed.DistInfo` or ``None`` (single process).
         num_previews: return this many input | prediction | ground-truth panels.
         on_prediction: called as ``(record, panoptic, segments_info)`` per image
@@ -252,8 +275,8 @@ def evaluate_records(
     for i in iterator:
         sample = mapper(records[i], index=i)
         image = sample["image"][None].to(device)
-        outputs = run_model(model, image, flip=flip)
-        result = decode_outputs(model, outputs, is_thing, decoder_kwargs)[0]
+        outputs = run_model(model, image, flip=flip, upsample=not native)
+        result = decode_outputs(model, outputs, is_thing, decoder_kwargs, image_size=image.shape[-2:])[0]
         pan, segments = to_dataset_ids(result, metadata)
         gt_pan, gt_segments = sample["panoptic"].numpy(), sample["segments_info"]
         if gt_pan.shape != (sample["height"], sample["width"]):
@@ -287,27 +310,35 @@ class CachedSample:
     outputs: HLEOutputs
     gt_pan: np.ndarray
     gt_segments: list[dict[str, Any]]
+    image_size: tuple[int, int] | None = None
 
 
 @torch.no_grad()
 def cache_outputs(
-    model: nn.Module, records: Sequence[dict[str, Any]], mapper: Callable[..., dict[str, Any]], *, flip: bool = False
+    model: nn.Module,
+    records: Sequence[dict[str, Any]],
+    mapper: Callable[..., dict[str, Any]],
+    *,
+    flip: bool = False,
+    native: bool = False,
 ) -> list[CachedSample]:
     """Run the network once per record and keep outputs + ground truth on the CPU.
 
     Decoder thresholds can then be searched (grid, Optuna) with :func:`evaluate_cached`
-    without re-running the network.
+    without re-running the network. ``native`` keeps the outputs at the decoder
+    stride: 16x less memory per image at stride 4.
     """
     model.eval()
     device = next(model.parameters()).device
     cached = []
     for i, record in enumerate(records):
         sample = mapper(record, index=i)
-        out = run_model(model, sample["image"][None].to(device), flip=flip)
+        out = run_model(model, sample["image"][None].to(device), flip=flip, upsample=not native)
         gt_pan, gt_segments = sample["panoptic"].numpy(), sample["segments_info"]
         if gt_pan.shape != (sample["height"], sample["width"]):
             gt_pan, gt_segments = original_ground_truth(record)
-        cached.append(CachedSample(record, HLEOutputs(*(None if t is None else t.cpu() for t in out)), gt_pan, gt_segments))
+        outputs = HLEOutputs(*(None if t is None else t.cpu() for t in out))
+        cached.append(CachedSample(record, outputs, gt_pan, gt_segments, tuple(sample["image"].shape[-2:])))
     return cached
 
 
@@ -319,7 +350,7 @@ def evaluate_cached(
 
     evaluator = PanopticEvaluator([c for c in metadata.categories if not c.get("ignore", False)])
     for item in cached:
-        result = decode_outputs(model.cpu(), item.outputs, metadata.is_thing, decoder_kwargs)[0]
+        result = decode_outputs(model.cpu(), item.outputs, metadata.is_thing, decoder_kwargs, image_size=item.image_size)[0]
         pan, segments = to_dataset_ids(result, metadata)
         pan = resize_ids(pan, *item.gt_pan.shape)
         evaluator.process(item.gt_pan, item.gt_segments, pan, segments)

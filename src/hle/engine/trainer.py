@@ -375,6 +375,7 @@ def train(
             metadata,
             build_mapper(config, metadata, train=False),
             flip=config.eval.flip,
+            native=config.eval.native_resolution,
             decoder_kwargs=decoder_kwargs(config),
             info=info,
             num_previews=3 if writer is not None else 0,

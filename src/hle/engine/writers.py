@@ -75,7 +75,13 @@ def prepare_image(path: str, max_side: int | None) -> tuple[np.ndarray, torch.Te
 
 @torch.no_grad()
 def predict_images(
-    loaded: Any, paths: Sequence[str], out_dir: Path, *, flip: bool = False, progress: bool = False
+    loaded: Any,
+    paths: Sequence[str],
+    out_dir: Path,
+    *,
+    flip: bool = False,
+    native: bool = False,
+    progress: bool = False,
 ) -> list[Path]:
     """Predict each image and write ``<stem>.png``, ``<stem>.json``, ``<stem>_overlay.png``.
 
@@ -84,6 +90,8 @@ def predict_images(
         paths: image files.
         out_dir: output folder (created).
         flip: test-time flip.
+        native: decode the network's outputs at its decoder stride (see
+            :func:`hle.engine.inference.evaluate_records`).
 
     Returns:
         The id PNG paths written.
@@ -108,8 +116,10 @@ def predict_images(
     used: set[str] = set()
     for path in iterator:
         original, image = prepare_image(path, loaded.config.data.max_side)
-        outputs = run_model(loaded.model, image[None].to(device), flip=flip)
-        result = decode_outputs(loaded.model, outputs, metadata.is_thing, decoder_kwargs(loaded.config))[0]
+        outputs = run_model(loaded.model, image[None].to(device), flip=flip, upsample=not native)
+        result = decode_outputs(
+            loaded.model, outputs, metadata.is_thing, decoder_kwargs(loaded.config), image_size=image.shape[-2:]
+        )[0]
         pan, segments = to_dataset_ids(result, metadata)
         h, w = original.shape[:2]
         pan = resize_ids(pan, h, w)
