@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_loss.py --threads 1
 	$(PY) benchmarks/bench_decode.py --threads 1
 	$(PY) benchmarks/bench_model.py --threads 2
+	$(PY) benchmarks/bench_inference.py --threads 1
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
