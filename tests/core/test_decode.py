@@ -473,6 +473,36 @@ def test_output_size_equals_downsampling_the_upsampled_maps(size: tuple[int, int
         assert got["score"] == pytest.approx(ref["score"], rel=1e-6)
 
 
+def test_output_size_composes_with_downsample() -> None:
+    # downsample=2 on stride-4 maps = blocks of 8 output pixels: the same as
+    # downsample=8 on the nearest-upsampled maps (block centre 8j+4 lies in native
+    # pixel 2j+1, the centre downsample=2 samples).
+    scene = make_scene([(12, 6, 40, 46, 2), (12, 46, 40, 90, 2), (42, 20, 64, 60, 3)])
+    rows, cols = torch.arange(2, 64, 4), torch.arange(2, 96, 4)
+    native = [t[:, rows][:, :, cols] if t.dim() == 3 else t for t in scene.inputs()]
+    up = [t.repeat_interleave(4, 1).repeat_interleave(4, 2) if t.dim() == 3 else t for t in native]
+    result = decode_panoptic(*native, stride=4.0, output_size=(64, 96), downsample=2, **LOOSE)
+    expected = decode_panoptic(*up, downsample=8, **LOOSE)
+    check_segments_info(result, 64, 96)
+    assert torch.equal(result.panoptic, expected.panoptic)
+    assert [s["area"] for s in result.segments_info] == [s["area"] for s in expected.segments_info]
+
+
+def test_inference_mode_tensors_decode() -> None:
+    # Outputs made under torch.inference_mode (the usual serving setting) go through
+    # the NumPy block-centre copy on one thread too.
+    scene = make_scene(BOXES)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            inputs = [t.clone() for t in scene.inputs()]
+            result = decode_panoptic(*inputs, downsample=4, **LOOSE)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(result.panoptic, decode_panoptic(*scene.inputs(), downsample=4, **LOOSE).panoptic)
+
+
 @pytest.mark.parametrize(
     ("stride", "size", "message"),
     [(2.5, (40, 60), "integer stride"), (4.0, (60, 96), "does not fit"), (4.0, (64, 100), "does not fit"),
