@@ -5,10 +5,13 @@ spatial sigma, seed) to a COCO-style :class:`~hle.core.types.PanopticResult`:
 semantic assignment by argmax of psi (Eq. 9), thing seeds by local-maximum NMS on
 the seed map, greedy merging of seeds with the kernel Phi of Sec. 3.5, instance
 masks by thresholding Phi, stuff thresholding on psi, minimum segment areas, and
-the optional decoding on a downsampled map (Supplementary C). Everything is pure
-tensor code that runs on the device of its inputs; per-pixel work is done in
-pixel-major chunks (``[n, D] @ [D, C]``) and per-instance work is one matmul over
-the candidate (thing) pixels only, so memory is ``O(K x candidates)``.
+the optional decoding on a downsampled map (Supplementary C) or on maps at a
+stride (the network's stride-4 outputs) with the id map expanded to the image.
+Everything is pure tensor code that runs on the device of its inputs (on CPU with
+one thread, one strided copy goes through NumPy: :func:`_copy_into`). Per-pixel
+work is done in pixel-major chunks (``[n, D] @ [D, C]``) and per-instance work is
+one matmul over the candidate (thing) pixels only, so memory is
+``O(K x candidates)``.
 """
 from __future__ import annotations
 
@@ -576,8 +579,9 @@ def _segment_stats(
     """Full-resolution area and bbox of every label of a (decode-resolution) map.
 
     Area and bbox are those of the nearest-upsampled map cropped to ``height x
-    width``, computed exactly at decode resolution by weighting each decode pixel
-    with the number of output pixels its block covers.
+    width``, computed exactly at decode resolution from per-row and per-column
+    counts: every decode pixel covers ``factor^2`` output pixels, except in the
+    last (cropped) block row and column.
 
     Args:
         label: ``[h, w]`` int64 in ``0..num_labels-1``; used as scratch space and

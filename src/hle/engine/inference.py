@@ -91,7 +91,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Loaded
 
 @torch.no_grad()
 def run_model(model: nn.Module, images: torch.Tensor, *, flip: bool = False, upsample: bool = True) -> HLEOutputs:
-    """Network outputs at input resolution, with optional test-time flip.
+    """Network outputs at input resolution (or at the decoder stride), with optional test-time flip.
 
     Args:
         model: an :class:`hle.models.HLENet` in eval mode.
