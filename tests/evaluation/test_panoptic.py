@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from panoptic_synth import CATEGORIES, cityscapes_pq, write_dataset
 from PIL import Image
 
+from hle.core.decode import PANOPTIC_DTYPE
 from hle.evaluation import PanopticEvaluator, format_pq_table, pq_compute
 
 REALDATA = Path(__file__).parents[2].parent / "shared" / "realdata" / "coco"
@@ -91,9 +93,10 @@ def stream(files, evaluator, images=None):
     pred = {a["image_id"]: a for a in json.loads(Path(files["pred_json"]).read_text())["annotations"]}
     for ann in gt["annotations"][images]:
         p = pred[ann["image_id"]]
+        # Predictions as the decoder hands them over: torch maps of its id dtype.
+        pred_ids = torch.as_tensor(read_ids(Path(files["pred_folder"]) / p["file_name"])).to(PANOPTIC_DTYPE)
         evaluator.process(read_ids(Path(files["gt_folder"]) / ann["file_name"]), ann["segments_info"],
-                          read_ids(Path(files["pred_folder"]) / p["file_name"]), p["segments_info"],
-                          image_id=ann["image_id"])
+                          pred_ids, p["segments_info"], image_id=ann["image_id"])
     return evaluator
 
 

@@ -10,6 +10,7 @@ import torch
 from panoptic_synth import CATEGORIES, cityscapes_pq, write_dataset
 from PIL import Image
 
+from hle.core.decode import PANOPTIC_DTYPE
 from hle.core.types import PanopticResult
 from hle.evaluation import (
     CITYSCAPES_TRAIN_TO_LABEL_ID,
@@ -41,7 +42,7 @@ def decoded_results(files, to_train):
         segs = [{"id": remap[s["id"]], "category_id": to_train[s["category_id"]],
                  "isthing": thing[s["category_id"]], "score": s.get("score", 1.0)}
                 for s in ann["segments_info"]]
-        yield ann, PanopticResult(torch.as_tensor(new), segs)
+        yield ann, PanopticResult(torch.as_tensor(new).to(PANOPTIC_DTYPE), segs)
 
 
 @pytest.fixture(scope="module")
