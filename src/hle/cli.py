@@ -60,8 +60,8 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     native = p.add_mutually_exclusive_group()
     native.add_argument(
         "--native-resolution", dest="native", action="store_true", default=None,
-        help="decode the network's stride-4 outputs and expand the ids to the image (fast; default: "
-        "the checkpoint config's eval.native_resolution)",
+        help="decode the network's outputs at its decoder stride (4; tiny: 2) and expand the ids to the "
+        "image (fast; default: the checkpoint config's eval.native_resolution)",
     )
     native.add_argument(
         "--full-resolution", dest="native", action="store_false",

@@ -188,12 +188,13 @@ class EvalConfig:
         flip: test-time horizontal flip (Sec. 4.2).
         decoder: keyword arguments of ``hle.core.decode.decode_panoptic`` (thresholds,
             minimum areas, ``downsample``); tuned per dataset.
-        native_resolution: decode the network's outputs at its decoder stride (4)
-            instead of first upsampling them to the image size: the id map is
-            expanded to the image afterwards. Skips the bilinear upsampling of every
-            output channel and decodes a 16x smaller map (like ``downsample: 4``,
-            but reading the network's own pixels); ``decoder.downsample`` then
-            reduces further.
+        native_resolution: decode the network's outputs at its decoder stride (4 for
+            the ResNet and MobileNetV2 DeepLabV3+, 2 for ``tiny``) instead of first
+            upsampling them to the image size: the id map is expanded to the image
+            afterwards. Skips the bilinear upsampling of every output channel and
+            decodes a 16x smaller map at stride 4 (like ``downsample: 4``, but
+            reading the network's own pixels); ``decoder.downsample`` then reduces
+            further.
     """
 
     flip: bool = True
