@@ -374,22 +374,30 @@ def test_downsample_recovers_large_instances(factor: int, mode: str) -> None:
             assert best == 1.0
 
 
-def test_downsample_equals_decoding_the_sampled_maps() -> None:
+@pytest.mark.parametrize("with_logits", [False, True], ids=["embedding", "semantic_logits"])
+def test_downsample_equals_decoding_the_sampled_maps(with_logits: bool) -> None:
     # Reference: sample the block centres by hand, decode them at stride f, and
-    # upsample the ids with repeat_interleave. Same ids, classes and scores.
+    # upsample the ids with repeat_interleave. Same ids, classes and scores. Also
+    # with separate-branch logits (the ablation), which are sampled the same way.
     boxes = [(12, 6, 40, 46, 2), (12, 46, 40, 90, 2), (42, 20, 64, 60, 3)]
     scene = make_scene(boxes, height=64, width=96)
     f = 4
     rows, cols = torch.arange(f // 2, 64, f), torch.arange(f // 2, 96, f)
+    logits = None
+    if with_logits:
+        gen = torch.Generator().manual_seed(5)
+        logits = torch.randn(NUM_CLASSES, 64, 96, generator=gen)
+        logits[scene.semantic, torch.arange(64)[:, None], torch.arange(96)[None, :]] += 6.0
 
-    def sample(x: torch.Tensor) -> torch.Tensor:
-        return x[:, rows][:, :, cols]
+    def sample(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x[:, rows][:, :, cols]
 
     small = decode_panoptic(
         sample(scene.embedding), sample(scene.sigma), sample(scene.spatial_sigma), sample(scene.seed),
-        scene.class_means, scene.class_sigma, IS_THING, stride=float(f), **LOOSE,
+        scene.class_means, scene.class_sigma, IS_THING, semantic_logits=sample(logits), stride=float(f), **LOOSE,
     )
-    result = decode_panoptic(*scene.inputs(), downsample=f, **LOOSE)
+    result = decode_panoptic(*scene.inputs(), semantic_logits=logits, downsample=f, **LOOSE)
+    assert len(result.segments_info) >= 4
     expected = small.panoptic.repeat_interleave(f, 0).repeat_interleave(f, 1)
     assert torch.equal(result.panoptic, expected)
     for got, ref in zip(result.segments_info, small.segments_info, strict=True):
@@ -420,31 +428,6 @@ def test_downsampled_stuff_scores_are_area_weighted_psi_means(size: tuple[int, i
         for seg in stuff:
             mask = result.panoptic == seg["id"]
             assert seg["score"] == pytest.approx(float(psi_full[mask].mean()), rel=1e-5)
-
-
-def test_semantic_logits_with_downsample_equals_decoding_the_sampled_maps() -> None:
-    # Separate-branch logits, decoded at f=4: the same as decoding the hand-sampled
-    # maps (logits included) at stride 4 and upsampling the ids.
-    scene = make_scene(BOXES)
-    gen = torch.Generator().manual_seed(5)
-    logits = torch.randn(NUM_CLASSES, 64, 96, generator=gen)
-    logits[scene.semantic, torch.arange(64)[:, None], torch.arange(96)[None, :]] += 6.0
-    f = 4
-    rows, cols = torch.arange(f // 2, 64, f), torch.arange(f // 2, 96, f)
-
-    def sample(x: torch.Tensor) -> torch.Tensor:
-        return x[:, rows][:, :, cols]
-
-    small = decode_panoptic(
-        sample(scene.embedding), sample(scene.sigma), sample(scene.spatial_sigma), sample(scene.seed),
-        scene.class_means, scene.class_sigma, IS_THING, semantic_logits=sample(logits), stride=float(f), **LOOSE,
-    )
-    result = decode_panoptic(*scene.inputs(), semantic_logits=logits, downsample=f, **LOOSE)
-    assert len(result.segments_info) >= 4
-    assert torch.equal(result.panoptic, small.panoptic.repeat_interleave(f, 0).repeat_interleave(f, 1))
-    for got, ref in zip(result.segments_info, small.segments_info, strict=True):
-        assert (got["category_id"], got["isthing"], got["area"]) == (ref["category_id"], ref["isthing"], ref["area"] * f * f)
-        assert got["score"] == pytest.approx(ref["score"], rel=1e-6)
 
 
 @pytest.mark.parametrize("size", [(64, 96), (63, 95), (62, 94)])
