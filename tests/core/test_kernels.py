@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hle.core.kernels import (
     DEFAULT_COORD_SCALE,
     IGNORE_LABEL,
+    check_class_parameters,
     cosine_distance,
     gaussian_log_score,
     instance_kernel,
@@ -146,3 +147,17 @@ def test_kernel_gradcheck() -> None:
     )
     assert torch.autograd.gradcheck(instance_kernel, args)
     assert torch.autograd.gradcheck(semantic_logits, (args[0], args[2], args[3]))
+
+
+@pytest.mark.parametrize(
+    ("means", "sigma", "is_thing", "message"),
+    [
+        (torch.zeros(3, 5), torch.ones(3), torch.zeros(3, dtype=torch.bool), r"class_means must be \[C, D\] with D=4, got \(3, 5\)"),
+        (torch.zeros(3, 4), torch.ones(2), torch.zeros(3, dtype=torch.bool), r"class_sigma must be \[C\] = \(3,\), got \(2,\)"),
+        (torch.zeros(3, 4), torch.ones(3), torch.zeros(3), r"is_thing must be a bool \[C\] = \(3,\) tensor, got \(3,\) torch.float32"),
+    ],
+)
+def test_check_class_parameters_names_caller_tensor_and_shapes(means, sigma, is_thing, message) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match="^my_caller: " + message):
+        check_class_parameters("my_caller", means, sigma, is_thing, 4)
+    assert check_class_parameters("ok", torch.zeros(3, 4), torch.ones(3), torch.zeros(3, dtype=torch.bool), 4) == 3

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from hle.core.kernels import (
     DEFAULT_COORD_SCALE,
     axis_coordinates,
+    check_class_parameters,
     instance_kernel,
     normalize_rows,
     split_views,
@@ -671,15 +672,7 @@ def _check_inputs(
     for name, t in (("sigma", sigma), ("spatial_sigma", spatial_sigma), ("seed", seed)):
         if tuple(t.shape) != (1, h, w):
             raise ValueError(f"decode_panoptic: {name} must be [1, {h}, {w}] like the embedding, got {tuple(t.shape)}")
-    if class_means.dim() != 2 or class_means.shape[1] != d:
-        raise ValueError(f"decode_panoptic: class_means must be [C, {d}], got {tuple(class_means.shape)}")
-    c = class_means.shape[0]
-    if tuple(class_sigma.shape) != (c,):
-        raise ValueError(f"decode_panoptic: class_sigma must be [{c}], got {tuple(class_sigma.shape)}")
-    if tuple(is_thing.shape) != (c,) or is_thing.dtype != torch.bool:
-        raise ValueError(
-            f"decode_panoptic: is_thing must be a [{c}] bool tensor, got {tuple(is_thing.shape)} {is_thing.dtype}"
-        )
+    c = check_class_parameters("decode_panoptic", class_means, class_sigma, is_thing, d)
     if semantic_logits is not None and tuple(semantic_logits.shape) != (c, h, w):
         raise ValueError(
             f"decode_panoptic: semantic_logits must be [{c}, {h}, {w}], got {tuple(semantic_logits.shape)}"

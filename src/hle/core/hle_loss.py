@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from hle.core.kernels import (
     DEFAULT_COORD_SCALE,
+    check_class_parameters,
     normalize_rows,
     pixel_coordinates,
     split_views,
@@ -137,14 +138,7 @@ def _check_inputs(
     for name in ("thing", "ignore", "crowd"):
         if getattr(targets, name).dtype != torch.bool:
             raise TypeError(f"hle_loss: targets.{name} must be bool, got {getattr(targets, name).dtype}")
-    if class_means.dim() != 2 or class_means.shape[1] != d:
-        raise ValueError(f"hle_loss: class_means must be [C, D] with D={d}, got {tuple(class_means.shape)}")
-    c = class_means.shape[0]
-    if tuple(class_sigma.shape) != (c,):
-        raise ValueError(f"hle_loss: class_sigma must be [C] = ({c},), got {tuple(class_sigma.shape)}")
-    if tuple(is_thing.shape) != (c,) or is_thing.dtype != torch.bool:
-        raise ValueError(f"hle_loss: is_thing must be a bool [C] = ({c},) tensor, got "
-                         f"{tuple(is_thing.shape)} {is_thing.dtype}")
+    c = check_class_parameters("hle_loss", class_means, class_sigma, is_thing, d)
     if options.split_embedding and d % 2:
         raise ValueError(f"hle_loss: split_embedding needs an even embedding dimension, got D={d}")
     if options.semantic_branch:

@@ -64,6 +64,27 @@ def pixel_coordinates(
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
+def check_class_parameters(
+    caller: str, class_means: torch.Tensor, class_sigma: torch.Tensor, is_thing: torch.Tensor, dim: int
+) -> int:
+    """Check the per-class tensors the loss and the decoder share; return ``C``.
+
+    Raises:
+        ValueError: naming ``caller``, the tensor, the expected and the given shape:
+            ``class_means [C, dim]``, ``class_sigma [C]``, ``is_thing [C]`` bool.
+    """
+    if class_means.dim() != 2 or class_means.shape[1] != dim:
+        raise ValueError(f"{caller}: class_means must be [C, D] with D={dim}, got {tuple(class_means.shape)}")
+    c = class_means.shape[0]
+    if tuple(class_sigma.shape) != (c,):
+        raise ValueError(f"{caller}: class_sigma must be [C] = ({c},), got {tuple(class_sigma.shape)}")
+    if tuple(is_thing.shape) != (c,) or is_thing.dtype != torch.bool:
+        raise ValueError(
+            f"{caller}: is_thing must be a bool [C] = ({c},) tensor, got {tuple(is_thing.shape)} {is_thing.dtype}"
+        )
+    return c
+
+
 def normalize_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """L2-normalise the last dimension (means of unit vectors are not unit)."""
     return F.normalize(x, dim=-1, eps=eps)
