@@ -14,7 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hle.core.hle_loss import LOSS_TERMS, HLELossOptions, grid_instance_kernel, hle_loss
+from hle.core.hle_loss import (
+    LOSS_TERMS,
+    HLELossOptions,
+    binary_cross_entropy_from_log,
+    grid_instance_kernel,
+    grid_instance_log_kernel,
+    hle_loss,
+)
 from hle.core.kernels import instance_kernel, pixel_coordinates
 from hle.core.types import HLEOutputs, PanopticTargets
 from hle.losses import HLELoss
@@ -519,3 +526,87 @@ def test_fused_semantic_logits_equal_shared_kernel() -> None:
     csig = 0.2 + torch.rand(3, generator=gen, dtype=D64)
     torch.testing.assert_close(fused_semantic_logits(emb, means, csig),
                                semantic_logits(emb, means, csig), atol=1e-12, rtol=1e-10)
+
+
+# ------------------------------------------------------------ documented ranges under rounding
+@pytest.fixture
+def cpu_mode(request):
+    """Run with ``(threads, flush_denormal)`` from the test's parameters, then restore."""
+    threads, flush = request.param
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(flush)
+    yield
+    torch.set_flush_denormal(False)
+    torch.set_num_threads(old_threads)
+
+
+def rounding_batch(dtype: torch.dtype) -> tuple:
+    """A batch that puts phi at a rounding error above 1 on any CPU.
+
+    Every thing pixel is its own instance, so the instance mean *is* the pixel's
+    embedding and the spatial term is exactly 0 at it; the embeddings are a few ulps
+    longer than unit (as ``F.normalize`` can leave them), so ``mu_hat . e = |e| > 1``
+    whatever the BLAS kernel; sigmas sit at the network's floor, which multiplies the
+    excess by ``1 / (2 * 0.05^2) = 200``.
+    """
+    gen = torch.Generator().manual_seed(5)
+    b, d, h, w = 2, 6, 3, 4
+    emb = F.normalize(torch.randn(b, d, h, w, generator=gen, dtype=dtype), dim=1)
+    emb = emb * (1.0 + 8 * torch.finfo(dtype).eps)
+    floor = torch.full((b, 1, h, w), 0.05, dtype=dtype)
+    seed_map = torch.full((b, 1, h, w), 0.5, dtype=dtype)
+    semantic = torch.randint(0, 2, (b, h, w), generator=gen)
+    semantic[:, 1:, 1:3] = 2                                    # 2 x 2 thing pixels per image
+    instance = torch.zeros(b, h, w, dtype=torch.long)
+    instance[:, 1:, 1:3] = torch.arange(1, 5).view(2, 2)
+    none = torch.zeros(b, h, w, dtype=torch.bool)
+    targets = PanopticTargets(semantic, instance, IS_THING[semantic], none, none.clone())
+    cm = torch.randn(C, d, generator=gen, dtype=dtype)
+    cs = torch.full((C,), 0.05, dtype=dtype)
+    outputs = HLEOutputs(emb.requires_grad_(), floor.clone().requires_grad_(), floor.clone().requires_grad_(), seed_map)
+    return outputs, targets, cm.requires_grad_(), cs
+
+
+@pytest.mark.parametrize("cpu_mode", [(1, False), (2, False), (1, True), (2, True)], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("embedding_loss", ["lovasz", "cross_entropy"])
+def test_kernel_rounded_above_one_stays_in_range(cpu_mode, dtype, embedding_loss) -> None:
+    outputs, targets, cm, cs = rounding_batch(dtype)
+    emb = outputs.embedding[0].detach().flatten(1).T                       # [N, D]
+    inst = targets.instance[0].flatten()
+    pix = torch.nonzero(inst > 0).squeeze(1)
+    coords = pixel_coordinates(3, 4, dtype=dtype)
+    sig = torch.full((pix.numel(),), 0.05, dtype=dtype)
+    # The unguarded arithmetic does exceed 1 on this input (so the test exercises the guard).
+    assert float((F.normalize(emb[pix], dim=1) * emb[pix]).sum(1).max()) > 1.0
+    log_phi = grid_instance_log_kernel(emb, coords[::4, 0], coords[:4, 1], emb[pix], sig, coords[pix], sig)
+    assert float(log_phi.max()) <= 0.0
+    # Each instance scores exactly 1 at its own (only) pixel, and <= 1 everywhere.
+    assert torch.equal(log_phi.exp()[torch.arange(pix.numel()), pix], torch.ones(pix.numel(), dtype=dtype))
+    phi = instance_kernel(emb, coords, emb[pix], sig, coords[pix], sig)
+    assert float(phi.max()) <= 1.0 and float(phi.min()) >= 0.0
+    out = hle_loss(outputs, targets, cm, cs, IS_THING, HLELossOptions(embedding_loss=embedding_loss))
+    assert all(math.isfinite(float(out[k].detach())) for k in out)
+    out["total"].backward()
+    for t in (outputs.embedding, outputs.sigma, outputs.spatial_sigma, cm):
+        assert torch.isfinite(t.grad).all()
+
+
+def test_bce_from_log_matches_torch_and_stays_finite() -> None:
+    log_p = torch.linspace(-30.0, -1e-6, 101, dtype=D64)
+    for target in (0.0, 1.0):
+        t = torch.full_like(log_p, target)
+        want = F.binary_cross_entropy(log_p.exp(), t, reduction="none")
+        got = binary_cross_entropy_from_log(log_p, t)
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)
+    # Where torch clamps its logs at -100, so does the log form; p = 1 (log_p = 0) and
+    # rounding above it give the clamped 100 for a negative, 0 for a positive.
+    edge = torch.tensor([0.0, 1e-7, -500.0], dtype=D64, requires_grad=True)
+    got = binary_cross_entropy_from_log(edge, torch.tensor([0.0, 0.0, 1.0], dtype=D64))
+    assert got.tolist() == [100.0, 100.0, 100.0]
+    got.sum().backward()
+    assert torch.isfinite(edge.grad).all()
+    # Near p = 0 the log form keeps the exact -log(1 - p) ~ p where 1 - p rounds to 1.
+    tiny = torch.tensor([-40.0])
+    assert binary_cross_entropy_from_log(tiny, torch.zeros(1)).item() == pytest.approx(math.exp(-40.0), rel=1e-6)

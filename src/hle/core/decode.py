@@ -514,7 +514,7 @@ def assign_instances(
 
     weight = _instance_weights(seed_embedding, seed_coords, seed_sigma, seed_spatial_sigma, origin)
     instance, best = _best_seed(features_into, n, weight, threshold, chunk)
-    return instance, best.exp()
+    return instance, best.clamp_(max=0.0).exp_()
 
 
 # --------------------------------------------------------------------------- resolution
@@ -900,7 +900,7 @@ def decode_panoptic(
         if instance_score != "seed":
             # Sum of Phi over each mask, weighted by the output pixels a decode
             # pixel covers, so that dividing by the full-resolution area is a mean.
-            phi = best.exp_().double()
+            phi = best.clamp_(max=0.0).exp_().double()   # log Phi <= 0 up to rounding
             if pixel_weight is not None:
                 phi *= pixel_weight[candidates]
             if weight_scale != 1.0:

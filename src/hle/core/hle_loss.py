@@ -33,7 +33,8 @@ from hle.core.lovasz import lovasz_binary_rows, lovasz_softmax_rows
 from hle.core.types import HLEOutputs, PanopticTargets
 
 __all__ = [
-    "HLELossOptions", "hle_loss", "grid_instance_kernel", "fused_semantic_logits", "LOSS_TERMS",
+    "HLELossOptions", "hle_loss", "grid_instance_kernel", "grid_instance_log_kernel",
+    "binary_cross_entropy_from_log", "fused_semantic_logits", "LOSS_TERMS",
 ]
 
 #: Names of the scalar terms returned by :func:`hle_loss`, ``total`` excluded.
@@ -193,7 +194,7 @@ def _associative(
     return pull + push
 
 
-def grid_instance_kernel(
+def grid_instance_log_kernel(
     embeddings: torch.Tensor,
     rows: torch.Tensor,
     cols: torch.Tensor,
@@ -202,9 +203,9 @@ def grid_instance_kernel(
     centers: torch.Tensor,
     spatial_sigma: torch.Tensor,
 ) -> torch.Tensor:
-    """phi_l(e_i) of Eq. (8) on a pixel grid, equal to ``kernels.instance_kernel``.
+    """log phi_l(e_i) of Eq. (8) on a pixel grid; its ``exp`` equals ``kernels.instance_kernel``.
 
-    Same value as :func:`hle.core.kernels.instance_kernel` with
+    Same value as the log of :func:`hle.core.kernels.instance_kernel` with
     ``coords = pixel_coordinates(H, W)``, computed in three passes over ``[K, N]`` instead
     of about ten: the spatial term separates into a ``[K, H]`` row part and a ``[K, W]``
     column part (one broadcast add), and the cosine term is one ``addmm`` against
@@ -218,7 +219,7 @@ def grid_instance_kernel(
         centers: ``[K, 2]`` instance centres (row, col).
 
     Returns:
-        ``[K, N]`` scores in ``(0, 1]``.
+        ``[K, N]`` log scores in ``[-inf, 0]`` (``<= 0`` by construction).
     """
     k = means.shape[0]
     h, w = rows.numel(), cols.numel()
@@ -228,9 +229,51 @@ def grid_instance_kernel(
     col_term = -(cols[None, :] - centers[:, 1:]).pow(2) * inv_s[:, None]
     spatial = (row_term[:, :, None] + col_term[:, None, :]).reshape(k, h * w)
     # -d_cos / (2 sigma^2) = (mu_hat . e) / (2 sigma^2) - 1 / (2 sigma^2), the constant
-    # being folded into row_term; addmm adds the matmul in the same call.
+    # being folded into row_term; addmm adds the matmul in the same call. The exponent
+    # is <= 0 in exact arithmetic, but mu_hat . e can round to just above 1 (it does
+    # on some CPUs' BLAS kernels): clamped in place, so phi stays in (0, 1].
     log_phi = torch.addmm(spatial, normalize_rows(means) * inv[:, None], embeddings.transpose(0, 1))
-    return log_phi.exp()
+    return log_phi.clamp_(max=0.0)
+
+
+def grid_instance_kernel(
+    embeddings: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    means: torch.Tensor,
+    sigma: torch.Tensor,
+    centers: torch.Tensor,
+    spatial_sigma: torch.Tensor,
+) -> torch.Tensor:
+    """phi_l(e_i) of Eq. (8) on a pixel grid: ``exp`` of :func:`grid_instance_log_kernel`.
+
+    Returns:
+        ``[K, N]`` scores in ``(0, 1]``.
+    """
+    return grid_instance_log_kernel(embeddings, rows, cols, means, sigma, centers, spatial_sigma).exp()
+
+
+def binary_cross_entropy_from_log(log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Elementwise binary cross-entropy of ``p = exp(log_p)`` against 0/1 ``target``.
+
+    ``-t log p - (1 - t) log(1 - p)`` computed from the exponent: ``log p`` is used as
+    it is (exact where ``p`` underflows) and ``log(1 - p) = log(-expm1(log p))`` (exact
+    where ``1 - p`` rounds to 0 or 1). Both logs are clamped at ``-100`` as in
+    ``torch.nn.functional.binary_cross_entropy``, and ``log_p`` above 0 (not a
+    probability) is read as 0, so the result is finite for any input.
+
+    Args:
+        log_p: ``[...]`` log probabilities (``<= 0``).
+        target: ``[...]`` targets in ``{0, 1}`` (float).
+
+    Returns:
+        ``[...]`` losses ``>= 0``.
+    """
+    log_p = log_p.clamp(max=0.0)
+    # clamp_min before the log: at p = 1 the argument is 0, and log's gradient there
+    # would be 0 / 0 = NaN behind the -100 clamp.
+    log_not_p = torch.log((-torch.expm1(log_p)).clamp_min(torch.finfo(log_p.dtype).tiny))
+    return -(target * log_p.clamp_min(-100.0) + (1.0 - target) * log_not_p.clamp_min(-100.0))
 
 
 def fused_semantic_logits(
@@ -347,7 +390,7 @@ def _instance_terms(
         coords: ``[N, 2]`` pixel coordinates; grid: their ``[H]`` rows and ``[W]`` columns.
     """
     b, n, _ = ins.shape
-    rows_phi, rows_label, rows_image = [], [], []
+    rows_score, rows_label, rows_image = [], [], []
     ae_losses = []
     var_sq, var_count = [], 0
     seed_sq = [(seed * seed * stuff).sum()]
@@ -367,8 +410,10 @@ def _instance_terms(
         inst_sigma = _group_means(sigma[i][pix], group, counts)
         inst_spatial = _group_means(spatial_sigma[i][pix], group, counts)
         centre = _group_means(coords[pix], group, counts)
-        phi = grid_instance_kernel(emb, *grid, mean, inst_sigma, centre, inst_spatial)  # [K, N], Eq. (8)
-        rows_phi.append(phi)
+        log_phi = grid_instance_log_kernel(emb, *grid, mean, inst_sigma, centre, inst_spatial)  # Eq. (8)
+        phi = log_phi.exp()                                                                   # [K, N]
+        # Row scores: log phi for the cross-entropy variant (exact BCE near 0 and 1), else phi.
+        rows_score.append(log_phi if options.embedding_loss == "cross_entropy" else phi)
         rows_label.append(instance[i][None, :] == ids[:, None])
         rows_image.append(torch.full((ids.numel(),), i, dtype=torch.long, device=ins.device))
         # Eq. (14): per-pixel sigma towards sg[instance mean sigma].
@@ -380,25 +425,25 @@ def _instance_terms(
         seed_count += pix.numel()
 
     seed_loss = torch.stack(seed_sq).sum() / max(seed_count, 1)
-    if not rows_phi:
+    if not rows_score:
         zero = _zero(ins, sigma, spatial_sigma)
         return zero, zero, seed_loss
     ins_var = options.gamma * torch.stack(var_sq).sum() / var_count
 
     if options.embedding_loss == "associative":
         return torch.stack(ae_losses).mean(), ins_var, seed_loss
-    if len(rows_phi) == 1:                           # one image: no copies
-        phi, labels = rows_phi[0], rows_label[0]     # [M, N]
+    if len(rows_score) == 1:                         # one image: no copies
+        score, labels = rows_score[0], rows_label[0]  # [M, N]
         row_valid = valid[int(rows_image[0][0])]     # [N], shared by the rows
     else:
-        phi, labels = torch.cat(rows_phi), torch.cat(rows_label)
+        score, labels = torch.cat(rows_score), torch.cat(rows_label)
         row_valid = valid[torch.cat(rows_image)]     # [M, N]
     if options.embedding_loss == "cross_entropy":
-        bce = F.binary_cross_entropy(phi, labels.to(phi.dtype), reduction="none")
+        bce = binary_cross_entropy_from_log(score, labels.to(score.dtype))
         row_valid = row_valid.expand_as(bce)
         per_row = (bce * row_valid).sum(-1) / row_valid.sum(-1).clamp_min(1)
         return per_row.mean(), ins_var, seed_loss
-    return lovasz_binary_rows(phi, labels, row_valid).mean(), ins_var, seed_loss
+    return lovasz_binary_rows(score, labels, row_valid).mean(), ins_var, seed_loss
 
 
 def hle_loss(

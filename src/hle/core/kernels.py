@@ -98,9 +98,11 @@ def cosine_distance(embeddings: torch.Tensor, centers: torch.Tensor) -> torch.Te
         centers: ``[K, D]`` centres (instance or class means), normalised here.
 
     Returns:
-        ``[K, N]`` distances in ``[0, 2]``.
+        ``[K, N]`` distances in ``[0, 2]``, clamped there: a matmul of unit vectors
+        can round a cosine to just above 1 (it does on some CPUs' BLAS kernels), and
+        a negative distance would push every kernel built on it above 1.
     """
-    return 1.0 - normalize_rows(centers) @ embeddings.transpose(0, 1)
+    return (1.0 - normalize_rows(centers) @ embeddings.transpose(0, 1)).clamp(0.0, 2.0)
 
 
 def gaussian_log_score(distance: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,7 @@ def instance_kernel(
         spatial_sigma: ``[K]`` instance spatial sigmas.
 
     Returns:
-        ``[K, N]`` scores in ``(0, 1]``.
+        ``[K, N]`` scores in ``(0, 1]`` (both log factors are ``<= 0`` by construction).
     """
     log_p = gaussian_log_score(cosine_distance(embeddings, means), sigma)
     return torch.exp(log_p + spatial_log_score(coords, centers, spatial_sigma))
