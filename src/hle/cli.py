@@ -217,7 +217,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = _load_checkpoint_model(args.checkpoint, args.device)
     config = loaded.config
     if args.overrides:
-        config = config_from_dict(apply_overrides(config_to_dict(config), parse_overrides(args.overrides)))
+        data = apply_overrides(config_to_dict(config), parse_overrides(args.overrides), allowed_sections=("eval",))
+        config = config_from_dict(data)
     if args.max_images is not None and args.max_images < 1:
         raise UserError(f"--max-images must be >= 1, got {args.max_images}")
     if not os.path.isdir(args.root):
@@ -250,7 +251,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     print(format_pq_table(result.summary))
     metrics = {k: v for k, v in result.metrics.items()}
-    metrics.update(checkpoint=str(args.checkpoint), step=loaded.step, split=args.split, flip=flip, native_resolution=native, decoder=config.eval.decoder)
+    metrics.update(checkpoint=str(args.checkpoint), step=loaded.step, split=args.split, flip=flip, native_resolution=native, decoder=config_to_dict(config)["eval"]["decoder"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(f"predictions: {json_path} (+ {json_path.with_suffix('')}/); metrics: {out / 'metrics.json'}")
     return 0

@@ -4,22 +4,30 @@ This module owns the one place where YAML becomes Python: :func:`load_config` re
 named package config (``hle/configs/<name>.yaml``) or a file path, applies dotted
 ``section.key=value`` overrides, and checks every value against the dataclass field's
 type, so a typo fails at start-up with one line naming the key and the type expected.
-Only the CLI calls :func:`load_config`; library code takes plain keyword arguments
-(the engine reads the sections it needs). The defaults are the paper's Cityscapes
+Sections are dataclasses all the way down: ``loss.options`` is
+:class:`hle.core.hle_loss.HLELossOptions` and ``eval.decoder`` is
+:class:`hle.core.decode.DecoderParams`, so their keys, types and ranges (each class's
+``__post_init__``) are checked when the config is loaded, before anything runs. Only the
+CLI calls :func:`load_config`; library code takes plain keyword arguments (the engine
+reads the sections it needs). The defaults are the paper's Cityscapes
 settings (Sec. 4.2) where the paper gives one; the demo's from-scratch settings live in
 ``synthetic.yaml``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Sequence, Union
 
 import yaml
+
+from hle.core.decode import DecoderParams
+from hle.core.hle_loss import HLELossOptions
 
 __all__ = [
     "ConfigError",
@@ -35,6 +43,7 @@ __all__ = [
     "apply_overrides",
     "config_to_dict",
     "config_from_dict",
+    "check_config",
     "available_configs",
 ]
 
@@ -76,11 +85,19 @@ class LossConfig:
     true, else at the network's decoder stride against nearest-subsampled targets.
 
     Attributes:
-        options: keyword arguments of ``hle.core.hle_loss.HLELossOptions`` (e.g.
-            ``{gamma: 10.0}``); unknown keys fail when training starts.
+        options: the loss switches and weights (YAML: ``options: {gamma: 10}``; keys,
+            types and ranges checked at load time). ``stride`` is not a setting: the
+            trainer sets it from the model, so a value other than 1 is refused.
     """
 
-    options: dict = field(default_factory=dict)
+    options: HLELossOptions = field(default_factory=HLELossOptions)
+
+    def __post_init__(self) -> None:
+        if self.options.stride != 1.0:
+            raise ConfigError(
+                "loss.options.stride is set by the trainer from model.upsample (the network's "
+                f"stride); remove it from the config (got {self.options.stride})"
+            )
 
 
 @dataclass
@@ -91,7 +108,10 @@ class DataConfig:
         name: dataset loader name (``synthetic``, ``cityscapes``, ``coco``, ``vistas``,
             ``coco_panoptic`` for a custom dataset in COCO panoptic layout).
         root: dataset root folder.
-        train_split, val_split: split names passed to the loader.
+        train_split: split name passed to the loader.
+        val_split: validation split (``null``: train without evaluation and without
+            ``best.pt``). A split that does not load stops ``train`` at start-up unless
+            evaluation is off (``train.eval_every=-1``).
         crop_size: ``[height, width]`` of training crops (paper: 1024x2048 Cityscapes,
             512x512 COCO); ``None`` trains on whole (resized) images.
         max_side: resize so the longer side is at most this (paper: COCO 640, Vistas
@@ -107,7 +127,7 @@ class DataConfig:
     name: str = "cityscapes"
     root: str = "datasets/cityscapes"
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: Union[str, None] = "val"
     crop_size: Union[list[int], None] = field(default_factory=lambda: [1024, 2048])
     max_side: Union[int, None] = None
     min_scale: float = 0.5
@@ -117,6 +137,18 @@ class DataConfig:
     jitter: bool = True
     num_workers: int = 2
     options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
+            raise ConfigError(f"data.crop_size: expected [height, width] >= 1 or null, got {self.crop_size}")
+        if self.max_side is not None and self.max_side < 1:
+            raise ConfigError(f"data.max_side: expected >= 1 or null, got {self.max_side}")
+        if not 0 < self.min_scale <= self.max_scale:
+            raise ConfigError(
+                f"data.min_scale, data.max_scale: expected 0 < min <= max, got {self.min_scale}, {self.max_scale}"
+            )
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers: expected >= 0, got {self.num_workers}")
 
 
 @dataclass
@@ -144,6 +176,15 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 10.0
 
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr: expected > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas: expected two values in [0, 1), got {self.betas}")
+        for name in ("class_lr_mult", "weight_decay", "poly_power", "warmup_steps", "min_lr_ratio", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"optim.{name}: expected >= 0, got {getattr(self, name)}")
+
 
 @dataclass
 class TrainConfig:
@@ -154,10 +195,14 @@ class TrainConfig:
         max_minutes: wall-clock budget of the training loop; when set, the schedule's
             progress is the larger of ``step / steps`` and the elapsed fraction of the
             budget, and training stops when either runs out (used by ``hle demo``).
-        batch_size: images per step per process.
-        eval_every: evaluate on the validation split every N steps (0: only at the end).
+        batch_size: images per step per process. A training split with fewer images
+            than ``batch_size`` x processes is repeated (each copy with its own
+            augmentation) instead of refused.
+        eval_every: evaluate on the validation split every N steps (0: only at the end;
+            -1: never, no ``best.pt``).
         eval_images: evaluate on at most this many validation images (``None``: all).
-        checkpoint_every: write ``last.pt`` every N steps (interrupts always write one).
+        checkpoint_every: write ``last.pt`` every N steps (0: only before evaluations,
+            on interruption and at the end). The previous one is kept as ``last.prev.pt``.
         log_every: TensorBoard scalar period in steps.
         amp: mixed precision; honoured on CUDA only.
         seed: seeds the model init, data order and augmentations.
@@ -165,6 +210,8 @@ class TrainConfig:
         threads: torch intra-op CPU threads (``None``: torch's default). On a small
             shared CPU, one compute thread plus one data worker avoids OpenMP threads
             spinning against each other.
+        max_bad_steps: a step whose loss or gradients are not finite is skipped (no
+            update); this many in a row stop the run without touching its checkpoints.
     """
 
     steps: int = 90000
@@ -178,6 +225,20 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: Union[int, None] = None
+    max_bad_steps: int = 5
+
+    def __post_init__(self) -> None:
+        at_least = {"steps": 1, "batch_size": 1, "eval_every": -1, "checkpoint_every": 0, "log_every": 1, "max_bad_steps": 1}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"train.{name}: expected >= {low}, got {getattr(self, name)}")
+        for name in ("eval_images", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: expected >= 1 or null, got {getattr(self, name)}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"train.max_minutes: expected > 0 or null, got {self.max_minutes}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device: expected one of 'auto', 'cpu', 'cuda', got {self.device!r}")
 
 
 @dataclass
@@ -186,8 +247,8 @@ class EvalConfig:
 
     Attributes:
         flip: test-time horizontal flip (Sec. 4.2).
-        decoder: keyword arguments of ``hle.core.decode.decode_panoptic`` (thresholds,
-            minimum areas, ``downsample``); tuned per dataset.
+        decoder: the decoder's thresholds, minimum areas and ``downsample`` (YAML:
+            ``decoder: {seed_threshold: 0.45}``); tuned per dataset, checked at load time.
         native_resolution: decode the network's outputs at its decoder stride (4 for
             the ResNet and MobileNetV2 DeepLabV3+, 2 for ``tiny``) instead of first
             upsampling them to the image size: the id map is expanded to the image
@@ -198,7 +259,7 @@ class EvalConfig:
     """
 
     flip: bool = True
-    decoder: dict = field(default_factory=dict)
+    decoder: DecoderParams = field(default_factory=DecoderParams)
     native_resolution: bool = False
 
 
@@ -218,20 +279,58 @@ class Config:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
         names = [_type_name(a) for a in args if a is not type(None)]
         suffix = " or null" if type(None) in args else ""
         return " or ".join(names) + suffix
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
     if origin in (list, tuple):
-        args = typing.get_args(tp)
         return f"list of {_type_name(args[0])}" if args else "list"
-    if origin is dict or tp is dict:
+    if origin is dict or tp is dict or dataclasses.is_dataclass(tp):
         return "mapping"
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce_sequence(value: Any, tp: Any, key: str) -> list[Any] | tuple[Any, ...]:
+    """``list[X]``, ``tuple[X, ...]`` and fixed ``tuple[X, Y]`` from a YAML list."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    origin = typing.get_origin(tp) or tp
+    args = typing.get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    items = [_coerce(v, args[0], key) for v in value] if args else list(value)
+    return tuple(items) if origin is tuple else items
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """``bool``, ``int``, ``float`` and ``str`` (YAML scalars, no silent casts)."""
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it is.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if tp is str and isinstance(value, str):
+        return value
+    expected = "bool (true/false)" if tp is bool else tp.__name__
+    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def _coerce(value: Any, tp: Any, key: str, strict: bool = True) -> Any:
     """Return ``value`` checked against (and lightly converted to) annotation ``tp``."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -242,54 +341,40 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, strict)
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in typing.get_args(tp)):
+            return value
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.", strict)
     if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        args = typing.get_args(tp)
-        return [_coerce(v, args[0], key) for v in value] if args else list(value)
+        return _coerce_sequence(value, tp, key)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected bool (true/false), got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected int, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it is.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected float, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected str, got {value!r}")
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(value, tp, key)
     return value
 
 
 def _section_fields(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
 def _build(cls: type, data: Any, prefix: str, strict: bool = True) -> Any:
+    """Instance of dataclass ``cls`` from a mapping, every value checked; ``prefix`` names it."""
+    if isinstance(data, cls):
+        data = _plain(data)  # re-check an instance built in code (fields may have been assigned)
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     fields = _section_fields(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
@@ -297,34 +382,56 @@ def _build(cls: type, data: Any, prefix: str, strict: bool = True) -> Any:
         if name not in fields:
             if not strict:
                 continue
-            raise ConfigError(
-                f"unknown config key '{key}' (valid: {', '.join(sorted(fields))})"
-            )
-        tp = fields[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{key}.", strict)
-        else:
-            kwargs[name] = _coerce(value, tp, key)
-    return cls(**kwargs)
+            raise ConfigError(f"unknown config key '{key}' (valid: {', '.join(sorted(fields))})")
+        kwargs[name] = _coerce(value, fields[name], key, strict)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a class's own range checks (__post_init__)
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
+
+
+def _plain(obj: Any) -> Any:
+    """Nested plain data (dicts, lists, scalars) of a dataclass tree; tuples become lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return copy.deepcopy(obj)
 
 
 def config_from_dict(data: dict, *, strict: bool = True) -> Config:
     """Build a :class:`Config` from nested plain data (as in YAML or a checkpoint).
 
     Args:
-        data: nested mapping.
+        data: nested mapping. ``loss.options`` and ``eval.decoder`` are mappings of
+            :class:`HLELossOptions` / :class:`DecoderParams` fields (the plain dicts of
+            checkpoints written before they were typed read the same way).
         strict: reject unknown keys. Checkpoints are read with ``strict=False`` so a
             key removed in a later version does not make old checkpoints unreadable.
 
     Raises:
-        ConfigError: unknown key (when strict) or wrong type, naming the dotted key.
+        ConfigError: unknown key (when strict), wrong type or out-of-range value, naming
+            the dotted key.
     """
     return _build(Config, data, "", strict)
 
 
+def check_config(config: Config) -> Config:
+    """A freshly built and checked copy of ``config`` (fields assigned in code included).
+
+    Raises:
+        ConfigError: as :func:`config_from_dict`.
+    """
+    return config_from_dict(config_to_dict(config))
+
+
 def config_to_dict(config: Config) -> dict:
-    """Nested plain-data form of ``config`` (YAML/JSON/checkpoint friendly)."""
-    return dataclasses.asdict(config)
+    """Nested plain-data form of ``config`` (YAML/JSON/checkpoint friendly; tuples as lists)."""
+    return _plain(config)
 
 
 # ----------------------------------------------------------------------- overrides
@@ -333,7 +440,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     """Parse ``section.key=value`` strings; values are YAML scalars/lists.
 
     ``train.steps=100``, ``data.crop_size=[128,256]``, ``model.pretrained=null``,
-    ``eval.decoder.seed_threshold=0.3`` (keys inside mapping fields are free-form).
+    ``eval.decoder.seed_threshold=0.3``.
 
     Raises:
         ConfigError: an override without ``=`` or with an unparsable value.
@@ -354,47 +461,64 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def apply_overrides(data: dict, overrides: list[tuple[str, Any]]) -> dict:
+def _override_key_type(parts: list[str]) -> Any:
+    """Check the dotted key ``parts`` against the dataclasses; its field type (``None``: free)."""
+    cls: Any = Config
+    tp: Any = None
+    for i, part in enumerate(parts):
+        path = ".".join(parts[: i + 1])
+        if cls is None:  # below a free-form mapping field (model.options, data.options)
+            return None
+        fields = _section_fields(cls)
+        if part not in fields:
+            raise ConfigError(f"unknown config key '{path}' (valid: {', '.join(sorted(fields))})")
+        tp = fields[part]
+        if i == len(parts) - 1:
+            break
+        if dataclasses.is_dataclass(tp):
+            cls = tp
+        elif tp is dict or typing.get_origin(tp) is dict:
+            cls = None
+        else:
+            raise ConfigError(f"config key '{path}' has type {_type_name(tp)} and no sub-keys")
+    return tp
+
+
+def apply_overrides(
+    data: dict, overrides: list[tuple[str, Any]], *, allowed_sections: Sequence[str] | None = None
+) -> dict:
     """Write dotted-key overrides into nested plain data (a copy), checking keys.
 
-    Keys must name an existing dataclass field; below a mapping field (``options``,
-    ``decoder``) any sub-key is accepted. Types are checked when the config is built.
-    """
-    import copy
+    Keys must name an existing dataclass field, down to the fields of ``loss.options``
+    and ``eval.decoder``; below a free-form mapping field (``model.options``,
+    ``data.options``) any sub-key is accepted. Types are checked when the config is built.
 
+    Args:
+        data: nested plain data (from YAML or :func:`config_to_dict`).
+        overrides: ``(dotted key, value)`` pairs from :func:`parse_overrides`.
+        allowed_sections: top-level sections that may be overridden (``None``: all);
+            ``hle evaluate`` passes ``("eval",)`` because nothing else applies there.
+
+    Raises:
+        ConfigError: unknown key, a key below a non-mapping field, or a section not in
+            ``allowed_sections``.
+    """
     out = copy.deepcopy(data)
     for key, value in overrides:
         parts = key.split(".")
-        cls: Any = Config
+        _override_key_type(parts)
+        if allowed_sections is not None and parts[0] not in allowed_sections:
+            allowed = ", ".join(f"{s}.*" for s in allowed_sections)
+            raise ConfigError(f"override '{key}' does not apply here (only {allowed} overrides do)")
         node = out
-        for i, part in enumerate(parts):
-            path = ".".join(parts[: i + 1])
-            if cls is not None:
-                fields = _section_fields(cls)
-                if part not in fields:
-                    raise ConfigError(
-                        f"unknown config key '{path}' (valid: {', '.join(sorted(fields))})"
-                    )
-                tp = fields[part]
-            else:
-                tp = None
-            last = i == len(parts) - 1
-            if last:
-                node[part] = value
-                break
-            if tp is not None and dataclasses.is_dataclass(tp):
-                cls = tp
-            elif tp is dict or typing.get_origin(tp) is dict or tp is None:
-                cls = None
-            else:
-                raise ConfigError(f"config key '{path}' has type {_type_name(tp)} and no sub-keys")
+        for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
-                child = {}
-                node[part] = child
+                child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"config key '{path}' is not a mapping")
+                raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' is not a mapping")
             node = child
+        node[parts[-1]] = value
     return out
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from hle.core.decode import DecoderParams
 from hle.config import (
     Config,
     ConfigError,
@@ -46,7 +47,7 @@ def test_overrides_dotted_keys_types_and_mappings() -> None:
     assert c.optim.lr == pytest.approx(1e-3) and isinstance(c.optim.lr, float)
     assert c.train.steps == 7 and c.optim.grad_clip == 3.0 and isinstance(c.optim.grad_clip, float)
     assert c.data.crop_size == [64, 96] and c.model.pretrained is None
-    assert c.eval.decoder == {"seed_threshold": 0.25} and c.eval.flip is False
+    assert c.eval.decoder == DecoderParams(seed_threshold=0.25) and c.eval.flip is False
 
 
 @pytest.mark.parametrize(

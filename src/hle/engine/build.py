@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from hle.config import Config, ConfigError
+from hle.core.hle_loss import HLELossOptions
 
 __all__ = [
     "build_model",
@@ -38,7 +39,7 @@ def build_model(config: Config, num_classes: int, *, pretrained: bool = True) ->
     m = config.model
     kwargs: dict[str, Any] = dict(m.options)
     # The "separate softmax branch" ablation needs the extra head on the network.
-    if config.loss.options.get("semantic_branch"):
+    if config.loss.options.semantic_branch:
         kwargs.setdefault("semantic_branch", True)
     try:
         return HLENet(
@@ -102,30 +103,18 @@ def loss_stride(config: Config, model: nn.Module) -> int:
     return int(getattr(model, "decoder_stride", 1))
 
 
-def build_loss_options(config: Config, stride: int) -> Any:
-    """``HLELossOptions`` from ``config.loss.options`` (+ the coordinate stride)."""
-    from hle.core.hle_loss import HLELossOptions
-
-    opts = dict(config.loss.options)
-    names = {f.name for f in dataclasses.fields(HLELossOptions)} if dataclasses.is_dataclass(HLELossOptions) else set()
-    unknown = sorted(set(opts) - names) if names else []
-    if unknown:
-        raise ConfigError(
-            f"unknown loss option(s) {', '.join('loss.options.' + u for u in unknown)} "
-            f"(valid: {', '.join(sorted(names))})"
-        )
-    if "stride" in names:
-        opts["stride"] = stride
-    return HLELossOptions(**opts)
+def build_loss_options(config: Config, stride: int) -> HLELossOptions:
+    """``config.loss.options`` (checked when the config was built) at the loss ``stride``."""
+    return dataclasses.replace(config.loss.options, stride=float(stride))
 
 
 def decoder_kwargs(config: Config) -> dict[str, Any]:
     """Keyword arguments of ``decode_panoptic`` from ``config.eval.decoder``.
 
     The split-embedding ablation must decode the way it was trained, so
-    ``split_embedding`` follows ``loss.options`` unless the decoder section sets it.
+    ``split_embedding`` follows ``loss.options``.
     """
-    kwargs = dict(config.eval.decoder)
-    if config.loss.options.get("split_embedding"):
-        kwargs.setdefault("split_embedding", True)
+    kwargs = dataclasses.asdict(config.eval.decoder)
+    if config.loss.options.split_embedding:
+        kwargs["split_embedding"] = True
     return kwargs

@@ -187,7 +187,7 @@ def run_demo(
         progress: progress bars.
         num_train, num_val: synthetic images per split.
     """
-    from hle.config import load_config
+    from hle.config import config_to_dict, load_config
     from hle.data import generate_synthetic
     from hle.engine.build import load_records
     from hle.engine.trainer import train
@@ -232,7 +232,7 @@ def run_demo(
         torch_threads=torch.get_num_threads(),
         data_workers=config.data.num_workers,
         cpu_plan=plan,
-        decoder=config.eval.decoder,
+        decoder=config_to_dict(config)["eval"]["decoder"],
         flip=config.eval.flip,
         native_resolution=config.eval.native_resolution,
         figures=figures,

@@ -15,7 +15,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "wrap_model", "unwrap_model", "average_buffers", "barrier"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "shutdown_distributed",
+    "wrap_model",
+    "unwrap_model",
+    "average_buffers",
+    "barrier",
+    "reduce_max",
+]
 
 
 @dataclass(frozen=True)
@@ -113,3 +122,12 @@ def barrier(info: DistInfo) -> None:
     """Wait for every process (no-op for one process)."""
     if info.distributed:
         dist.barrier()
+
+
+def reduce_max(value: float, info: DistInfo) -> float:
+    """The largest ``value`` over all processes (``value`` itself for one process)."""
+    if not info.distributed:
+        return float(value)
+    t = torch.tensor([float(value)], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())

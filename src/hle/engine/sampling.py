@@ -9,7 +9,9 @@ NumPy and torch from ``(seed, epoch, index)`` before it calls the wrapped datase
 making augmentations independent of worker processes, batch boundaries and restarts;
 the caller's global random state is restored afterwards. A dataset with a
 ``set_epoch`` method (``hle.data.PanopticDataset``, whose mapper seeds a private
-generator by ``(seed, epoch, index)``) is told the epoch of each item.
+generator by ``(seed, epoch, index)``) is told the epoch of each item. A dataset
+smaller than one batch is presented ``repeats`` times per epoch (sampling with
+replacement, each copy with its own augmentation seed).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-__all__ = ["ResumableSampler", "SeededDataset", "sample_seed"]
+__all__ = ["ResumableSampler", "SeededDataset", "sample_seed", "repeats_for"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -81,26 +83,45 @@ class ResumableSampler(Sampler):
         return len(self._inner)
 
 
+def repeats_for(length: int, batch_size: int, num_replicas: int = 1) -> int:
+    """How many copies of a ``length``-item dataset make one batch on every process."""
+    if length <= 0:
+        raise ValueError(f"repeats_for: dataset is empty (length {length})")
+    return max(1, -(-batch_size * num_replicas // length))
+
+
 class SeededDataset(Dataset):
     """Wrap a map-style dataset so item ``(index, epoch)`` is drawn with a fixed seed.
+
+    With ``repeats = r > 1`` the wrapper has ``r * N`` items: item ``k * N + i`` of
+    epoch ``e`` is item ``i`` of the wrapped dataset seeded as its epoch ``e * r + k``,
+    so every copy gets its own augmentation and the order stays resumable. ``r = 1``
+    is the wrapped dataset unchanged.
 
     Args:
         dataset: the wrapped dataset (``dataset[index]`` -> sample).
         seed: run seed.
+        repeats: copies per epoch (see :func:`repeats_for`).
     """
 
-    def __init__(self, dataset: Any, seed: int = 0) -> None:
+    def __init__(self, dataset: Any, seed: int = 0, repeats: int = 1) -> None:
+        if repeats < 1:
+            raise ValueError(f"SeededDataset: repeats must be >= 1, got {repeats}")
         self.dataset = dataset
         self.seed = int(seed)
+        self.repeats = int(repeats)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset) * self.repeats
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, tuple):
             index, epoch = key
         else:
             index, epoch = int(key), 0
+        if self.repeats > 1:
+            copy, index = divmod(int(index), len(self.dataset))
+            epoch = int(epoch) * self.repeats + copy
         set_epoch = getattr(self.dataset, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)

@@ -1,43 +1,70 @@
-"""The training loop: Adam + poly decay, checkpoints, exact resume, DDP, logging.
+"""The training loop: a :class:`Trainer` that runs steps, and hooks around it.
 
-This module owns one function, :func:`train`, and the small pieces it is made of. A
-step is ``images -> model -> HLEOutputs -> hle_loss -> backward -> clip -> Adam``; the
-loss can be computed at the decoder stride against nearest-subsampled targets
-(:func:`subsample_targets`). Every ``checkpoint_every`` steps, on SIGINT/SIGTERM and at
-the end, ``last.pt`` is written atomically with the model, optimiser, schedule, AMP
-scaler, step, data-order position, elapsed time, RNG states and the config; the best
-validation PQ so far is kept in ``best.pt``. ``resume=True`` restores all of it, so the
-interrupted run and an uninterrupted one produce the same weights. Run under
-``torchrun`` it trains with DistributedDataParallel (SyncBatchNorm, one data slice per
-process, logging and checkpoints on rank 0).
+This module owns :func:`train` and the loop it runs. A step (:meth:`Trainer.run_step`)
+is ``images -> model -> HLEOutputs -> hle_loss -> backward -> clip -> Adam``; the loss
+can be computed at the decoder stride against nearest-subsampled targets
+(:func:`subsample_targets`). A step whose loss terms or gradients are not finite is
+skipped: no update, BatchNorm statistics restored. Everything else is a hook
+(:mod:`hle.engine.hooks`): budgets, signals, the NaN guard, logging, the progress bar,
+checkpoints (``last.pt`` with the model, optimiser, schedule, AMP scaler, step,
+data-order position, elapsed time, RNG states and the config; the previous one kept as
+``last.prev.pt``) and evaluation with ``best.pt``. ``resume=True`` restores all of it,
+so an interrupted or killed run continues to the weights an uninterrupted one reaches.
+Run under ``torchrun`` it trains with DistributedDataParallel (SyncBatchNorm on CUDA,
+one data slice per process, files written by rank 0).
 """
 from __future__ import annotations
 
-import json
 import math
-import signal
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hle.config import Config, config_from_dict, config_to_dict
+from hle.config import Config, ConfigError, check_config, config_from_dict, config_to_dict
+from hle.core.hle_loss import HLELossOptions, hle_loss
 from hle.core.kernels import IGNORE_LABEL
 from hle.core.types import HLEOutputs, PanopticTargets
+from hle.data import Metadata, PanopticDataset, collate
 from hle.engine import distributed as hdist
+from hle.engine import hooks as H
+from hle.engine import run_folder
 from hle.engine.build import build_loss_options, build_mapper, build_model, decoder_kwargs, load_records, loss_stride
-from hle.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from hle.engine.checkpoint import (
+    CorruptCheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    load_latest_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from hle.engine.inference import evaluate_records
 from hle.engine.optim import PolySchedule, build_optimizer
-from hle.engine.sampling import ResumableSampler, SeededDataset
+from hle.engine.sampling import ResumableSampler, SeededDataset, repeats_for
 
-__all__ = ["train", "TrainResult", "subsample_targets", "HLETrainStep", "optimizer_step", "CHECKPOINT_VERSION"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "Trainer",
+    "TrainState",
+    "BatchStream",
+    "subsample_targets",
+    "HLETrainStep",
+    "optimizer_step",
+    "make_loader",
+    "CHECKPOINT_VERSION",
+]
 
-CHECKPOINT_VERSION = 1
+#: 2: SHA-256 in the file, ``bad_steps``; version-1 files still resume.
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
@@ -53,6 +80,20 @@ class TrainResult:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     steps_per_s: float = 0.0
     model: nn.Module | None = field(default=None, repr=False)
+    bad_steps: int = 0
+
+
+@dataclass
+class TrainState:
+    """The loop's counters, saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    elapsed_s: float = 0.0
+    best_pq: float | None = None
+    bad_steps: int = 0
+    finished: bool = False
 
 
 def subsample_targets(targets: PanopticTargets, stride: int, size: tuple[int, int]) -> PanopticTargets:
@@ -93,7 +134,7 @@ class HLETrainStep(nn.Module):
     model (the network never computes its own loss); this is an engine detail.
     """
 
-    def __init__(self, model: nn.Module, is_thing: torch.Tensor, loss_options: Any, stride: int, amp: bool) -> None:
+    def __init__(self, model: nn.Module, is_thing: torch.Tensor, loss_options: HLELossOptions, stride: int, amp: bool) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("is_thing", is_thing.to(torch.bool), persistent=False)
@@ -102,8 +143,6 @@ class HLETrainStep(nn.Module):
         self.amp = bool(amp)
 
     def forward(self, images: torch.Tensor, targets: PanopticTargets) -> dict[str, torch.Tensor]:
-        from hle.core.hle_loss import hle_loss
-
         ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         with ctx:
             outputs = self.model(images, upsample=self.stride == 1)
@@ -113,46 +152,70 @@ class HLETrainStep(nn.Module):
         return hle_loss(outputs, targets, self.model.class_means, self.model.class_sigma(), self.is_thing, self.loss_options)
 
 
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; a second SIGINT raises ``KeyboardInterrupt`` at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
+def _non_finite(scalars: dict[str, float]) -> str | None:
+    """``"loss term(s) seg=nan, ins=inf"`` naming the bad terms (``total`` only if alone)."""
+    bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
+    if not bad:
+        return None
+    named = {k: v for k, v in bad.items() if k != "total"} or bad
+    return "non-finite loss term(s) " + ", ".join(f"{k}={v}" for k, v in named.items())
 
 
-@contextmanager
-def _signal_handlers(flag: _StopFlag) -> Iterator[None]:
-    import threading
+def optimizer_step(
+    step_module: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    targets: PanopticTargets,
+    grad_clip: float,
+    info: hdist.DistInfo | None = None,
+) -> tuple[dict[str, float], str | None]:
+    """One step: loss (Eq. 16) -> backward (AMP-scaled) -> clip the global norm -> Adam.
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, flag)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    A non-finite loss term, or (without AMP, whose scaler skips such steps itself)
+    non-finite gradients, skip the update: the optimiser and scaler are not stepped,
+    gradients are dropped and the model's buffers (BatchNorm statistics) are put back
+    as they were. Under DDP the processes agree, so all skip together.
 
+    Args:
+        step_module: :class:`HLETrainStep`, possibly inside DDP.
+        model: the plain network (its parameters are clipped, its buffers guarded).
+        images: ``[B, 3, H, W]``; targets: ``[B, H, W]`` each.
+        grad_clip: maximum global gradient norm (``0``: no clipping).
+        info: the process group, for the agreement (``None``: one process).
 
-def _to_device(images: torch.Tensor, targets: PanopticTargets, device: torch.device) -> tuple[torch.Tensor, PanopticTargets]:
-    nb = device.type == "cuda"
-    return images.to(device, non_blocking=nb), PanopticTargets(*(t.to(device, non_blocking=nb) for t in targets))
-
-
-def _collate_fn() -> Callable:
-    from hle.data import collate
-
-    return collate
+    Returns:
+        ``(scalars, fault)``: every scalar loss term as a float (``total`` included),
+        and ``None`` after an update or a description of what was not finite.
+    """
+    buffers = list(model.buffers())
+    saved = [b.detach().clone() for b in buffers]
+    losses = step_module(images, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["total"]).backward()
+    scalars = {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.dim() == 0}
+    fault = _non_finite(scalars)
+    if fault is None and (grad_clip > 0 or not scaler.is_enabled()):
+        scaler.unscale_(optimizer)
+        params = [p for p in model.parameters() if p.grad is not None]
+        if grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not scaler.is_enabled() and not math.isfinite(float(norm)):
+            fault = f"non-finite gradient norm {float(norm)} (loss terms finite)"
+    if info is not None and hdist.reduce_max(float(fault is not None), info) > 0 and fault is None:
+        fault = "non-finite values on another process"
+    if fault is not None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buf, old in zip(buffers, saved):
+                buf.copy_(old)
+        return scalars, fault
+    scaler.step(optimizer)
+    scaler.update()
+    return scalars, None
 
 
 def make_loader(dataset: Any, sampler: Any, batch_size: int, num_workers: int, *, drop_last: bool, device: torch.device) -> DataLoader:
@@ -162,7 +225,7 @@ def make_loader(dataset: Any, sampler: Any, batch_size: int, num_workers: int, *
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=_collate_fn(),
+        collate_fn=collate,
         drop_last=drop_last,
         pin_memory=device.type == "cuda",
         # Fresh workers per epoch: the mapper's epoch is set per item anyway, and
@@ -174,79 +237,438 @@ def make_loader(dataset: Any, sampler: Any, batch_size: int, num_workers: int, *
     )
 
 
-def _checkpoint_state(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: PolySchedule,
-    scaler: torch.amp.GradScaler,
-    config: Config,
-    metadata: Any,
-    *,
-    step: int,
-    epoch: int,
-    position: int,
-    elapsed_s: float,
-    best_pq: float | None,
-    finished: bool,
-) -> dict[str, Any]:
-    return {
-        "version": CHECKPOINT_VERSION,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "scaler": scaler.state_dict(),
-        "step": step,
-        "epoch": epoch,
-        "position": position,
-        "elapsed_s": elapsed_s,
-        "best_pq": best_pq,
-        "finished": finished,
-        "rng": capture_rng_state(),
-        "config": config_to_dict(config),
-        "metadata": metadata.to_dict() if hasattr(metadata, "to_dict") else None,
-    }
+class BatchStream:
+    """Training batches in resumable order, epoch after epoch.
+
+    ``(epoch, position)`` say where the next batch starts (``position``: samples of
+    this process already drawn in ``epoch``); a stream built with the values of
+    :meth:`state` continues with the very batches this one would have given next.
+    """
+
+    def __init__(
+        self, dataset: SeededDataset, sampler: ResumableSampler, batch_size: int, num_workers: int, device: torch.device
+    ) -> None:
+        self.dataset, self.sampler = dataset, sampler
+        self.batch_size, self.num_workers, self.device = batch_size, num_workers, device
+        self.epoch, self.position = 0, 0
+        self.per_epoch = sampler.samples_per_epoch // batch_size
+        if self.per_epoch < 1:
+            raise ValueError(f"BatchStream: {sampler.samples_per_epoch} samples per epoch < batch size {batch_size}")
+        self._batches: Iterator[Any] | None = None
+
+    def next(self) -> tuple[torch.Tensor, PanopticTargets]:
+        """The next ``(images [B, 3, H, W], targets [B, H, W])`` on the device."""
+        while True:
+            if self._batches is None:
+                self.sampler.set_epoch(self.epoch, self.position)
+                loader = make_loader(self.dataset, self.sampler, self.batch_size, self.num_workers, drop_last=True, device=self.device)
+                self._batches = iter(loader)
+            try:
+                images, targets, _ = next(self._batches)
+            except StopIteration:
+                self._batches = None
+                self.epoch, self.position = self.epoch + 1, 0
+                continue
+            self.position += self.batch_size
+            nb = self.device.type == "cuda"
+            return images.to(self.device, non_blocking=nb), PanopticTargets(*(t.to(self.device, non_blocking=nb) for t in targets))
+
+    def state(self) -> tuple[int, int]:
+        """``(epoch, position)`` of the next batch (an exhausted epoch is the next one's start)."""
+        if self.position >= self.per_epoch * self.batch_size:
+            return self.epoch + 1, 0
+        return self.epoch, self.position
+
+    def seek(self, epoch: int, position: int) -> None:
+        """Continue from a saved :meth:`state`."""
+        self.close()
+        self.epoch, self.position = int(epoch), int(position)
+
+    def close(self) -> None:
+        """Drop the current loader (and its worker processes)."""
+        self._batches = None
 
 
-def optimizer_step(
-    step_module: nn.Module,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    images: torch.Tensor,
-    targets: PanopticTargets,
-    grad_clip: float,
-) -> dict[str, float]:
-    """One step: loss (Eq. 16) -> backward (AMP-scaled) -> clip the global norm -> Adam.
+@dataclass
+class TrainParts:
+    """The objects a :class:`Trainer` drives (``step_module`` possibly DDP-wrapped)."""
+
+    model: nn.Module
+    step_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: PolySchedule
+    scaler: torch.amp.GradScaler
+    batches: BatchStream
+
+
+class Trainer:
+    """``before_train``; for each step ``before_step -> run_step -> after_step``; ``after_train``.
+
+    The loop runs until a hook requests a stop (:mod:`hle.engine.hooks`). The trainer
+    owns the step, the counters of :class:`TrainState` and the checkpoint contents.
 
     Args:
-        step_module: :class:`HLETrainStep`, possibly inside DDP.
-        model: the plain network (its parameters are clipped).
-        images: ``[B, 3, H, W]``; targets: ``[B, H, W]`` each.
-        grad_clip: maximum global gradient norm (``0``: no clipping).
-
-    Returns:
-        Every scalar loss term as a float (``total`` included).
+        parts: model, step module, optimiser, schedule, scaler, batch stream.
+        state: counters to start from (a resumed checkpoint's or fresh ones).
+        out_dir: run folder (``last.pt``, ``best.pt``).
+        grad_clip: global gradient-norm limit (0: none).
+        info: the process group.
+        extra_state: stored in every checkpoint as is (config, dataset metadata).
     """
-    losses = step_module(images, targets)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(losses["total"]).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.dim() == 0}
+
+    def __init__(
+        self,
+        parts: TrainParts,
+        state: TrainState,
+        out_dir: Path,
+        *,
+        grad_clip: float,
+        info: hdist.DistInfo,
+        extra_state: dict[str, Any],
+    ) -> None:
+        self.parts, self.info, self.extra_state = parts, info, extra_state
+        self.model = parts.model
+        self.grad_clip = grad_clip
+        self.out_dir = Path(out_dir)
+        self.last_path = self.out_dir / "last.pt"
+        self.step, self.best_pq, self.bad_steps = state.step, state.best_pq, state.bad_steps
+        self._elapsed_before = state.elapsed_s
+        parts.batches.seek(state.epoch, state.position)
+        self._saved_last: tuple[int, bool] | None = None
+        self.hooks: list[H.HookBase] = []
+        self.stop_reason: str | None = None
+        self.stop_message = ""
+        self.failed = False
+        self.last_losses: dict[str, float] = {}
+        self.step_fault: str | None = None
+        self.last_metrics: dict[str, Any] = {}
+        self.steps_this_run = 0
+        self._t_start: float | None = None
+
+    # ------------------------------------------------------------------ the loop
+    def register_hooks(self, hooks: Sequence[H.HookBase]) -> None:
+        """Append hooks (their order is the calling order; ``after_train`` runs reversed)."""
+        for hook in hooks:
+            hook.trainer = self
+            self.hooks.append(hook)
+
+    def run(self) -> None:
+        """Run steps until a hook requests a stop; ``after_train`` runs in any case."""
+        self._t_start = time.perf_counter()
+        self.parts.step_module.train()
+        try:
+            for hook in self.hooks:
+                hook.before_train()
+            while self.stop_reason is None:
+                for hook in self.hooks:
+                    hook.before_step()
+                self.run_step()
+                for hook in self.hooks:
+                    hook.after_step()
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            self.parts.batches.close()
+            self._after_train()
+
+    def _after_train(self) -> None:
+        error: BaseException | None = None
+        for hook in reversed(self.hooks):
+            try:
+                hook.after_train()
+            except BaseException as exc:  # the remaining hooks still clean up
+                self.failed = True
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def run_step(self) -> None:
+        """One optimiser step on the next batch (skipped when not finite, see :func:`optimizer_step`)."""
+        p = self.parts
+        images, targets = p.batches.next()
+        p.schedule.update(self.step, self.elapsed_s())
+        self.last_losses, self.step_fault = optimizer_step(
+            p.step_module, p.model, p.optimizer, p.scaler, images, targets, self.grad_clip,
+            self.info if self.info.distributed else None,
+        )
+        self.step += 1
+        self.steps_this_run += 1
+        self.bad_steps += self.step_fault is not None
+
+    # ------------------------------------------------------------- for the hooks
+    def request_stop(self, reason: str, message: str = "") -> None:
+        """Stop after the current step; a stronger reason (``H.STOP_REASONS``) replaces a weaker one."""
+        rank = H.STOP_REASONS.index(reason)
+        if self.stop_reason is None or rank > H.STOP_REASONS.index(self.stop_reason):
+            self.stop_reason, self.stop_message = reason, message
+
+    def elapsed_s(self) -> float:
+        """Training seconds so far, earlier runs of a resumed run included."""
+        running = time.perf_counter() - self._t_start if self._t_start is not None else 0.0
+        return self._elapsed_before + running
+
+    def learning_rates(self) -> dict[str, float]:
+        """Current learning rate per parameter group name."""
+        return {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(self.parts.optimizer.param_groups)}
+
+    def publish_eval(self, metrics: dict[str, Any], previews: Sequence[np.ndarray]) -> None:
+        """Hand an evaluation's results to every hook's ``after_eval``."""
+        for hook in self.hooks:
+            hook.after_eval(metrics, previews)
+
+    def note_last_saved(self, finished: bool) -> None:
+        """``last.pt`` on disk already holds the current step (a run resumed from it)."""
+        self._saved_last = (self.step, finished)
+
+    def save_last(self) -> None:
+        """Write ``last.pt`` (keeping the previous as ``last.prev.pt``) unless it already holds this state."""
+        key = (self.step, self.stop_reason == "finished")
+        if self._saved_last != key:
+            self.save(self.last_path, keep_previous=True)
+            self._saved_last = key
+
+    def save_best(self) -> None:
+        """Write ``best.pt``."""
+        self.save(self.out_dir / "best.pt")
+
+    def save(self, path: Path, *, keep_previous: bool = False) -> None:
+        """Checkpoint to ``path`` (rank 0 writes; collective under DDP)."""
+        hdist.average_buffers(self.model, self.info)
+        if self.info.is_main:
+            save_checkpoint(self.state_dict(), path, keep_previous=keep_previous)
+        hdist.barrier(self.info)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (see :func:`restore_parts`)."""
+        p = self.parts
+        epoch, position = p.batches.state()
+        return {
+            "version": CHECKPOINT_VERSION,
+            "model": p.model.state_dict(),
+            "optimizer": p.optimizer.state_dict(),
+            "schedule": p.schedule.state_dict(),
+            "scaler": p.scaler.state_dict(),
+            "step": self.step,
+            "epoch": epoch,
+            "position": position,
+            "elapsed_s": self.elapsed_s(),
+            "best_pq": self.best_pq,
+            "bad_steps": self.bad_steps,
+            "finished": self.stop_reason == "finished",
+            "rng": capture_rng_state(),
+            **self.extra_state,
+        }
+
+    def result(self) -> TrainResult:
+        """The :class:`TrainResult` of the run so far."""
+        run_s = time.perf_counter() - self._t_start if self._t_start is not None else 0.0
+        return TrainResult(
+            out_dir=self.out_dir,
+            step=self.step,
+            finished=self.stop_reason == "finished",
+            interrupted=self.stop_reason == "interrupted",
+            elapsed_s=self.elapsed_s(),
+            best_pq=self.best_pq,
+            last_metrics=self.last_metrics,
+            steps_per_s=self.steps_this_run / max(run_s, 1e-9),
+            model=self.model,
+            bad_steps=self.bad_steps,
+        )
 
 
-def _write_scalars(writer: Any, losses: dict[str, float], optimizer: torch.optim.Optimizer, step: int) -> None:
-    for k, v in losses.items():
-        writer.add_scalar(f"loss/{k}", v, step)
-    for group in optimizer.param_groups:
-        writer.add_scalar(f"lr/{group.get('name', 'group')}", group["lr"], step)
+# ---------------------------------------------------------------- building a run
+
+@dataclass
+class TrainData:
+    """Indices and datasets of a run (``val_records`` is ``None`` when evaluation is off)."""
+
+    train_set: SeededDataset
+    metadata: Metadata
+    val_records: list[dict[str, Any]] | None
 
 
-def _format_losses(losses: dict[str, float]) -> dict[str, str]:
-    return {k: f"{v:.3f}" for k, v in losses.items()}
+def _val_records(config: Config, say: Callable[[str], None]) -> list[dict[str, Any]] | None:
+    """The validation records, or ``None`` when evaluation is off (said once)."""
+    d, tc = config.data, config.train
+    if tc.eval_every < 0:
+        say("note: train.eval_every=-1: no evaluation and no best.pt")
+        return None
+    if not d.val_split:
+        say("warning: data.val_split is null: training without evaluation and without best.pt")
+        return None
+    hint = "set data.val_split=null or train.eval_every=-1 to train without evaluation"
+    try:
+        records, _ = load_records(d.name, d.root, d.val_split)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"data.val_split '{d.val_split}' does not load ({first}); {hint}") from None
+    if not records:
+        raise ConfigError(f"data.val_split '{d.val_split}' has no images; {hint}")
+    return records[: tc.eval_images] if tc.eval_images else records
+
+
+def load_data(config: Config, info: hdist.DistInfo, say: Callable[[str], None]) -> TrainData:
+    """Dataset indices (train and validation) and the seeded training dataset."""
+    records, metadata = load_records(config.data.name, config.data.root, config.data.train_split)
+    val = _val_records(config, say)
+    if not records:
+        raise ConfigError(f"data.train_split '{config.data.train_split}' has no images")
+    repeats = repeats_for(len(records), config.train.batch_size, info.world_size)
+    if repeats > 1:
+        say(
+            f"note: the training split has {len(records)} image(s), fewer than train.batch_size "
+            f"{config.train.batch_size} x {info.world_size} process(es): each epoch draws it {repeats} times, "
+            "each copy with its own augmentation"
+        )
+    dataset = PanopticDataset(records, build_mapper(config, metadata, train=True))
+    return TrainData(SeededDataset(dataset, config.train.seed, repeats), metadata, val)
+
+
+def build_parts(config: Config, data: TrainData, info: hdist.DistInfo, *, pretrained: bool) -> TrainParts:
+    """Model, loss step, Adam, poly schedule, scaler and batch stream (not yet DDP-wrapped)."""
+    tc, oc = config.train, config.optim
+    model = build_model(config, data.metadata.num_classes, pretrained=pretrained).to(info.device)
+    amp = bool(tc.amp and info.device.type == "cuda")
+    stride = loss_stride(config, model)
+    step_module = HLETrainStep(model, data.metadata.is_thing, build_loss_options(config, stride), stride, amp).to(info.device)
+    optimizer = build_optimizer(model, lr=oc.lr, class_lr_mult=oc.class_lr_mult, weight_decay=oc.weight_decay, betas=oc.betas)
+    schedule = PolySchedule(
+        optimizer,
+        total_steps=tc.steps,
+        power=oc.poly_power,
+        warmup_steps=oc.warmup_steps,
+        min_lr_ratio=oc.min_lr_ratio,
+        time_budget_s=tc.max_minutes * 60.0 if tc.max_minutes else None,
+    )
+    sampler = ResumableSampler(
+        len(data.train_set), num_replicas=info.world_size, rank=info.rank, seed=tc.seed, shuffle=True, drop_last=True
+    )
+    batches = BatchStream(data.train_set, sampler, tc.batch_size, config.data.num_workers, info.device)
+    return TrainParts(model, step_module, optimizer, schedule, torch.amp.GradScaler("cuda", enabled=amp), batches)
+
+
+def restore_parts(parts: TrainParts, state: dict[str, Any] | None) -> TrainState:
+    """Load a checkpoint into ``parts`` (random state last); fresh counters without one."""
+    if state is None:
+        return TrainState()
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.schedule.load_state_dict(state["schedule"])
+    parts.scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    return TrainState(
+        step=int(state["step"]),
+        epoch=int(state["epoch"]),
+        position=int(state["position"]),
+        elapsed_s=float(state["elapsed_s"]),
+        best_pq=state.get("best_pq"),
+        bad_steps=int(state.get("bad_steps", 0)),
+        finished=bool(state.get("finished", False)),
+    )
+
+
+def _best_pq_on_disk(out: Path, say: Callable[[str], None]) -> float | None:
+    """The best PQ stored in ``best.pt`` (``last.pt`` is saved before the evaluation that made it)."""
+    path = out / "best.pt"
+    if not path.is_file():
+        return None
+    try:
+        return load_checkpoint(path).get("best_pq")
+    except CorruptCheckpointError as exc:
+        say(f"warning: {exc}; it will be replaced by the next better evaluation")
+        return None
+
+
+def _resume_state(out: Path, config: Config, say: Callable[[str], None]) -> tuple[dict[str, Any] | None, Config]:
+    """The checkpoint to resume from (or ``None``) and the config to use with it.
+
+    ``state["from_last"]`` says whether it came from ``last.pt`` itself (not the
+    previous copy).
+    """
+    found = load_latest_checkpoint(out / "last.pt", say)
+    if found is None:
+        if (out / "best.pt").exists():
+            raise run_folder.RunExistsError(
+                f"{out} has best.pt but no last.pt to resume from; replace the run with --overwrite"
+            )
+        return None, config
+    state, path = found
+    state["from_last"] = path.name == "last.pt"
+    on_disk = _best_pq_on_disk(out, say)
+    if on_disk is not None and (state.get("best_pq") is None or on_disk > state["best_pq"]):
+        state["best_pq"] = on_disk
+    saved = config_from_dict(state["config"], strict=False)
+    if config_to_dict(saved)["model"] != config_to_dict(config)["model"]:
+        say("warning: model section differs from the checkpoint's; using the checkpoint's")
+        config.model = saved.model
+    say(f"resumed from {path} at step {state['step']}")
+    return state, config
+
+
+def _prepare_folder(out: Path, config: Config, state: dict[str, Any] | None, info: hdist.DistInfo, say: Callable[[str], None]) -> None:
+    """Rank 0: clear a replaced run or drop metric lines past the checkpoint; write config.yaml."""
+    if info.is_main:
+        if state is None:
+            removed = run_folder.clear_run(out)
+            if removed:
+                say(f"removed the previous run's {', '.join(removed)} from {out}")
+        else:
+            run_folder.truncate_metrics(out / "metrics.jsonl", int(state["step"]))
+        out.mkdir(parents=True, exist_ok=True)
+        run_folder.write_text_atomic(out / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    hdist.barrier(info)
+
+
+def default_hooks(
+    config: Config, trainer: Trainer, data: TrainData, info: hdist.DistInfo, *,
+    progress: bool, on_step: Callable[[int], None] | None, say: Callable[[str], None],
+) -> list[H.HookBase]:
+    """The hooks of :func:`train`, in calling order (stop requests first, their agreement, then outputs)."""
+    tc = config.train
+    schedule = trainer.parts.schedule
+    hooks: list[H.HookBase] = [H.CallbackHook(on_step)] if on_step is not None else []
+    hooks += [H.SignalHook(), H.BudgetHook(tc.steps, schedule.time_budget_s), H.NaNGuardHook(tc.max_bad_steps, say)]
+    if info.distributed:
+        hooks.append(H.StopAgreementHook(lambda value: hdist.reduce_max(value, info)))
+    if info.is_main:
+        if progress:
+            fraction = (lambda: schedule.last_progress) if schedule.time_budget_s else None
+            hooks.append(H.ProgressHook(tc.steps, tc.batch_size * info.world_size, fraction))
+        purge = trainer.step + 1 if trainer.step else None
+        hooks += [H.TensorBoardHook(trainer.out_dir / "tb", tc.log_every, purge), H.MetricsFileHook(trainer.out_dir / "metrics.jsonl")]
+    hooks.append(H.CheckpointHook(tc.checkpoint_every))
+    if data.val_records is not None:
+        hooks.append(H.EvalHook(_evaluator(config, trainer.model, data, info), tc.eval_every))
+    return hooks
+
+
+def _evaluator(config: Config, model: nn.Module, data: TrainData, info: hdist.DistInfo) -> H.EvalFn:
+    """``() -> (metrics, previews)`` on the validation records (collective under DDP)."""
+    mapper = build_mapper(config, data.metadata, train=False)
+
+    def evaluate() -> tuple[dict[str, Any], Sequence[np.ndarray]]:
+        hdist.average_buffers(model, info)
+        result = evaluate_records(
+            model, data.val_records or [], data.metadata, mapper,
+            flip=config.eval.flip, native=config.eval.native_resolution, decoder_kwargs=decoder_kwargs(config),
+            info=info, num_previews=3 if info.is_main else 0,
+        )
+        return result.metrics, result.previews
+
+    return evaluate
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` intra-op threads inside the block (``None``: leave torch's setting)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def train(
@@ -254,262 +676,65 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train the HLE network described by ``config``; write checkpoints under ``out_dir``.
 
-    Files: ``last.pt`` (every ``checkpoint_every`` steps, on interruption and at the
-    end), ``best.pt`` (best validation PQ), ``metrics.jsonl`` (one line per
-    evaluation), ``config.yaml`` and TensorBoard event files in ``tb/``.
+    Files: ``last.pt`` (every ``checkpoint_every`` steps, before every evaluation, on
+    interruption and at the end; the one before it as ``last.prev.pt``), ``best.pt``
+    (best validation PQ), ``metrics.jsonl`` (one line per evaluation), ``config.yaml``
+    and TensorBoard event files in ``tb/``. Every config section, the training split
+    and the validation split are checked before anything is written.
 
     Args:
         config: the run configuration.
         out_dir: run folder.
-        resume: continue from ``out_dir/last.pt`` if it exists (exactly: same data
-            order, augmentations, RNG and optimiser state).
+        resume: continue from ``out_dir/last.pt`` (or ``last.prev.pt`` if that one is
+            damaged) if it exists, exactly: same data order, augmentations, RNG and
+            optimiser state. A finished run only re-runs its final evaluation.
+        overwrite: replace a run already in ``out_dir`` (its files are removed once
+            the new run has passed its checks); without it, or ``resume``, such a
+            folder is refused.
         progress: show a tqdm bar (rank 0 only).
-        on_step: called with the step number after every optimiser step (tests use it
-            to deliver a signal at a chosen step).
+        on_step: called with the step number after every step (tests use it to
+            deliver a signal at a chosen step).
         log: where one-line messages go (default ``print`` to stderr on rank 0).
 
     Returns:
         :class:`TrainResult`. ``interrupted`` is true when a signal stopped the run
         (a checkpoint was written); ``finished`` when the step or time budget ran out.
+
+    Raises:
+        ConfigError: a bad config value or split. run_folder.RunExistsError: see
+        ``overwrite``. hooks.TrainingDiverged: ``train.max_bad_steps`` non-finite steps
+        in a row (checkpoints untouched). hooks.EvaluationFailed: an evaluation raised
+        (``last.pt`` holds the training).
     """
-    import sys
-
-    import yaml
-
+    config = check_config(config)
     out = Path(out_dir)
     info = hdist.init_distributed(config.train.device)
-    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if not info.is_main:
-        say = lambda msg: None  # noqa: E731
-    tc, oc = config.train, config.optim
-    if tc.batch_size < 1 or tc.steps < 1:
-        raise ValueError(f"train.batch_size and train.steps must be >= 1, got {tc.batch_size}, {tc.steps}")
-
-    last_path = out / "last.pt"
-    state: dict[str, Any] | None = None
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path)
-        saved = config_from_dict(state["config"], strict=False)
-        if config_to_dict(saved)["model"] != config_to_dict(config)["model"]:
-            say("warning: model section differs from the checkpoint's; using the checkpoint's")
-            config.model = saved.model
-
-    if tc.threads:
-        torch.set_num_threads(int(tc.threads))
-    torch.manual_seed(tc.seed)
-    train_records, metadata = load_records(config.data.name, config.data.root, config.data.train_split)
-    val_records = None
-    if tc.eval_every >= 0 and config.data.val_split:
-        try:
-            val_records, _ = load_records(config.data.name, config.data.root, config.data.val_split)
-        except FileNotFoundError:
-            val_records = None
-    from hle.data import PanopticDataset
-
-    train_set = SeededDataset(PanopticDataset(train_records, build_mapper(config, metadata, train=True)), tc.seed)
-    model = build_model(config, metadata.num_classes, pretrained=state is None).to(info.device)
-    amp = bool(tc.amp and info.device.type == "cuda")
-    stride = loss_stride(config, model)
-    step_module = HLETrainStep(model, metadata.is_thing, build_loss_options(config, stride), stride, amp).to(info.device)
-    optimizer = build_optimizer(
-        model, lr=oc.lr, class_lr_mult=oc.class_lr_mult, weight_decay=oc.weight_decay, betas=oc.betas
-    )
-    time_budget = tc.max_minutes * 60.0 if tc.max_minutes else None
-    schedule = PolySchedule(
-        optimizer,
-        total_steps=tc.steps,
-        power=oc.poly_power,
-        warmup_steps=oc.warmup_steps,
-        min_lr_ratio=oc.min_lr_ratio,
-        time_budget_s=time_budget,
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    step, epoch, position, elapsed_prev = 0, 0, 0, 0.0
-    best_pq: float | None = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        step, epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
-        elapsed_prev = float(state["elapsed_s"])
-        best_pq = state.get("best_pq")
-        restore_rng_state(state["rng"])
-        say(f"resumed from {last_path} at step {step}")
-    wrapped = hdist.wrap_model(step_module, info)
-
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    writer = None
-    if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"), purge_step=step if state is not None else None)
-
-    sampler = ResumableSampler(
-        len(train_set), num_replicas=info.world_size, rank=info.rank, seed=tc.seed, shuffle=True, drop_last=True
-    )
-    per_epoch = sampler.samples_per_epoch // tc.batch_size
-    if per_epoch < 1:
-        raise ValueError(
-            f"train.batch_size {tc.batch_size} x {info.world_size} process(es) exceeds the "
-            f"{len(train_set)} training images"
-        )
-
-    def run_eval(tag_step: int) -> dict[str, Any]:
-        from hle.engine.inference import evaluate_records
-
-        if val_records is None:
-            return {}
-        hdist.average_buffers(model, info)
-        result = evaluate_records(
-            model,
-            val_records[: tc.eval_images] if tc.eval_images else val_records,
-            metadata,
-            build_mapper(config, metadata, train=False),
-            flip=config.eval.flip,
-            native=config.eval.native_resolution,
-            decoder_kwargs=decoder_kwargs(config),
-            info=info,
-            num_previews=3 if writer is not None else 0,
-        )
-        metrics, previews = result.metrics, result.previews
-        if writer is not None and metrics:
-            for key in ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU"):
-                if key in metrics:
-                    writer.add_scalar(f"val/{key}", metrics[key], tag_step)
-            for i, panel in enumerate(previews):
-                writer.add_image(f"val/prediction_{i}", panel, tag_step, dataformats="HWC")
-            with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps({"step": tag_step, **metrics}) + "\n")
-        return metrics
-
-    def save(path: Path, finished: bool) -> None:
-        hdist.average_buffers(model, info)
-        if info.is_main:
-            save_checkpoint(
-                _checkpoint_state(
-                    model, optimizer, schedule, scaler, config, metadata,
-                    step=step, epoch=epoch, position=position,
-                    elapsed_s=elapsed_prev + (time.perf_counter() - t_start),
-                    best_pq=best_pq, finished=finished,
-                ),
-                path,
-            )
-        hdist.barrier(info)
-
-    flag = _StopFlag()
-    bar = None
-    if progress and info.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True, unit="step")
-    t_start = time.perf_counter()
-    steps_this_run = 0
-    last_metrics: dict[str, Any] = {}
-    evaluated_at = -1
-    interrupted = False
-    log_acc: dict[str, float] = {}
-    log_n = 0
-
-    def out_of_budget() -> bool:
-        if step >= tc.steps:
-            return True
-        return time_budget is not None and elapsed_prev + (time.perf_counter() - t_start) >= time_budget
-
-    with _signal_handlers(flag):
-        wrapped.train()
-        while not out_of_budget() and not interrupted:
-            sampler.set_epoch(epoch, position)
-            loader = make_loader(train_set, sampler, tc.batch_size, config.data.num_workers, drop_last=True, device=info.device)
-            for images, targets, _ in loader:
-                images, targets = _to_device(images, targets, info.device)
-                schedule.update(step, elapsed_prev + (time.perf_counter() - t_start))
-                scalars = optimizer_step(wrapped, model, optimizer, scaler, images, targets, oc.grad_clip)
-                step += 1
-                steps_this_run += 1
-                position += tc.batch_size
-                for k, v in scalars.items():
-                    log_acc[k] = log_acc.get(k, 0.0) + v
-                log_n += 1
-                if on_step is not None:
-                    on_step(step)
-                if writer is not None and (step % max(tc.log_every, 1) == 0):
-                    _write_scalars(writer, {k: v / log_n for k, v in log_acc.items()}, optimizer, step)
-                    log_acc, log_n = {}, 0
-                if bar is not None:
-                    if time_budget is not None and schedule.last_progress > 0.01:
-                        # Time-bounded run: the step count at the end of the budget is an estimate.
-                        bar.total = max(step, min(tc.steps, int(round(step / schedule.last_progress))))
-                    bar.update(1)
-                    run_s = time.perf_counter() - t_start
-                    post = _format_losses({k: scalars[k] for k in ("total", "seg", "ins") if k in scalars})
-                    post["img/s"] = f"{steps_this_run * tc.batch_size * info.world_size / max(run_s, 1e-9):.1f}"
-                    bar.set_postfix(post, refresh=False)
-                if not math.isfinite(scalars["total"]):
-                    raise FloatingPointError(f"training loss became {scalars['total']} at step {step}")
-                # Agree on stopping across processes so no rank waits in a collective alone.
-                stop = torch.tensor(
-                    [float(flag.requested), float(out_of_budget())], device=info.device
-                )
-                if info.distributed:
-                    torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
-                if tc.eval_every > 0 and step % tc.eval_every == 0 and stop[0] == 0 and stop[1] == 0:
-                    wrapped.eval()
-                    last_metrics = run_eval(step)
-                    evaluated_at = step
-                    wrapped.train()
-                    pq = last_metrics.get("PQ")
-                    if pq is not None and (best_pq is None or pq > best_pq):
-                        best_pq = float(pq)
-                        save(out / "best.pt", False)
-                if stop[0] > 0:
-                    interrupted = True
-                    break
-                if stop[1] > 0:
-                    break
-                if tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0:
-                    save(last_path, False)
-            else:
-                epoch += 1
-                position = 0
-                continue
-            if position >= per_epoch * tc.batch_size:
-                epoch += 1
-                position = 0
-            if interrupted or out_of_budget():
-                break
-    if bar is not None:
-        bar.close()
-    run_s = time.perf_counter() - t_start
-    finished = out_of_budget() and not interrupted
-    if interrupted:
-        say(f"interrupted by {flag.signal_name or 'signal'} at step {step}; checkpoint saved to {last_path}")
-    elif finished and evaluated_at != step:
-        wrapped.eval()
-        last_metrics = run_eval(step)
-        pq = last_metrics.get("PQ")
-        if pq is not None and (best_pq is None or pq > best_pq):
-            best_pq = float(pq)
-            save(out / "best.pt", True)
-    save(last_path, finished)
-    if writer is not None:
-        writer.close()
-    return TrainResult(
-        out_dir=out,
-        step=step,
-        finished=finished,
-        interrupted=interrupted,
-        elapsed_s=elapsed_prev + run_s,
-        best_pq=best_pq,
-        last_metrics=last_metrics,
-        steps_per_s=steps_this_run / max(run_s, 1e-9),
-        model=model,
-    )
+    say = (log or (lambda msg: print(msg, file=sys.stderr, flush=True))) if info.is_main else (lambda msg: None)
+    run_folder.check_run_folder(out, resume=resume, overwrite=overwrite)
+    state, config = _resume_state(out, config, say) if resume else (None, config)
+    hdist.barrier(info)  # every process has read the folder before rank 0 writes to it
+    with _torch_threads(config.train.threads):
+        torch.manual_seed(config.train.seed)
+        data = load_data(config, info, say)
+        parts = build_parts(config, data, info, pretrained=state is None)
+        start = restore_parts(parts, state)
+        parts.step_module = hdist.wrap_model(parts.step_module, info)
+        extra = {"config": config_to_dict(config), "metadata": data.metadata.to_dict()}
+        trainer = Trainer(parts, start, out, grad_clip=config.optim.grad_clip, info=info, extra_state=extra)
+        if state is not None and state["from_last"]:
+            trainer.note_last_saved(start.finished)
+        _prepare_folder(out, config, state, info, say)
+        trainer.register_hooks(default_hooks(config, trainer, data, info, progress=progress, on_step=on_step, say=say))
+        trainer.run()
+    if trainer.stop_reason == "diverged":
+        raise H.TrainingDiverged(f"{trainer.stop_message}; stopped without saving: the checkpoints in {out} are untouched")
+    if trainer.stop_reason == "interrupted":
+        say(f"{trainer.stop_message} at step {trainer.step}; checkpoint saved to {trainer.last_path}")
+    return trainer.result()
