@@ -47,7 +47,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", metavar="CONFIG", help="config name or path to a YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
     p.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt if it exists")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt if it exists")
+    again.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the run already in OUT (its checkpoints, metrics, TensorBoard logs); without "
+        "--resume or --overwrite a folder holding a run is refused",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -181,11 +187,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hle.config import load_config
+    from hle.engine.hooks import TrainingStopped
+    from hle.engine.run_folder import RunExistsError
     from hle.engine.trainer import train
 
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    try:
+        result = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    except RunExistsError as exc:
+        raise UserError(str(exc)) from None
+    except TrainingStopped as exc:  # diverged, or an evaluation failed: the message says what is saved
+        if os.environ.get("HLE_DEBUG"):
+            raise
+        print(f"hle train: error: {exc}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) != 0:
         return 1 if result.interrupted else 0  # under torchrun only rank 0 reports
     metrics = {k: v for k, v in result.last_metrics.items() if k != "per_class"}

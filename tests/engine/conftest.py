@@ -41,3 +41,9 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
 def overrides(tiny_synth: Path):  # noqa: ANN201 - returns a callable
     """``overrides(**extra) -> list[str]`` for the tiny dataset."""
     return lambda **extra: tiny_overrides(tiny_synth, **extra)
+
+
+@pytest.fixture()
+def overrides_for():  # noqa: ANN201 - returns a callable
+    """``overrides_for(root, **extra) -> list[str]`` for another dataset folder."""
+    return tiny_overrides

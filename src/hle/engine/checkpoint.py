@@ -211,7 +211,10 @@ def load_checkpoint(
         verify_checkpoint(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as exc:
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as exc:
+        if isinstance(exc, (PermissionError, IsADirectoryError)):
+            raise
+        # torch's zip reader says OSError(EINVAL) for a truncated file.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CorruptCheckpointError(f"{path} is not a readable checkpoint ({first})") from None
 

@@ -410,8 +410,9 @@ class EvalHook(HookBase):
         try:
             metrics, previews = self.evaluate()
         except self.INPUT_ERRORS as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise EvaluationFailed(
-                f"evaluation at step {t.step} failed ({type(exc).__name__}: {exc}); the training state "
+                f"evaluation at step {t.step} failed ({type(exc).__name__}: {first}); the training state "
                 f"is saved in {t.last_path}: fix the cause and run again with --resume"
             ) from exc
         finally:

@@ -20,6 +20,7 @@ __all__ = [
     "run_files",
     "check_run_folder",
     "clear_run",
+    "remove_partial_files",
     "truncate_metrics",
     "write_text_atomic",
 ]
@@ -76,10 +77,19 @@ def clear_run(out_dir: str | Path) -> list[str]:
         else:
             continue
         removed.append(name)
-    if out.is_dir():
-        for tmp in out.glob("*.pt.tmp-*"):
-            tmp.unlink()
+    remove_partial_files(out)
     return removed
+
+
+def remove_partial_files(out_dir: str | Path) -> list[str]:
+    """Remove temporary checkpoint files a killed save left behind (``*.pt.tmp-*``)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = sorted(out.glob("*.pt.tmp-*"))
+    for tmp in found:
+        tmp.unlink()
+    return [p.name for p in found]
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

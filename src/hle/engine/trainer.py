@@ -615,6 +615,7 @@ def _prepare_folder(out: Path, config: Config, state: dict[str, Any] | None, inf
                 say(f"removed the previous run's {', '.join(removed)} from {out}")
         else:
             run_folder.truncate_metrics(out / "metrics.jsonl", int(state["step"]))
+            run_folder.remove_partial_files(out)
         out.mkdir(parents=True, exist_ok=True)
         run_folder.write_text_atomic(out / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     hdist.barrier(info)
