@@ -233,7 +233,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = _load_checkpoint_model(args.checkpoint, args.device)
     config = loaded.config
     if args.overrides:
-        data = apply_overrides(config_to_dict(config), parse_overrides(args.overrides), allowed_sections=("eval",))
+        data = apply_overrides(config_to_dict(config), parse_overrides(args.overrides), allowed_sections=("eval", "data.max_side"))
         config = config_from_dict(data)
     if args.max_images is not None and args.max_images < 1:
         raise UserError(f"--max-images must be >= 1, got {args.max_images}")

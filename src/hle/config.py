@@ -496,8 +496,9 @@ def apply_overrides(
     Args:
         data: nested plain data (from YAML or :func:`config_to_dict`).
         overrides: ``(dotted key, value)`` pairs from :func:`parse_overrides`.
-        allowed_sections: top-level sections that may be overridden (``None``: all);
-            ``hle evaluate`` passes ``("eval",)`` because nothing else applies there.
+        allowed_sections: sections or dotted keys that may be overridden, with all
+            their sub-keys (``None``: all); ``hle evaluate`` passes
+            ``("eval", "data.max_side")``, the only settings that apply there.
 
     Raises:
         ConfigError: unknown key, a key below a non-mapping field, or a section not in
@@ -507,8 +508,8 @@ def apply_overrides(
     for key, value in overrides:
         parts = key.split(".")
         _override_key_type(parts)
-        if allowed_sections is not None and parts[0] not in allowed_sections:
-            allowed = ", ".join(f"{s}.*" for s in allowed_sections)
+        if allowed_sections is not None and not any(key == a or key.startswith(a + ".") for a in allowed_sections):
+            allowed = ", ".join(a if "." in a else f"{a}.*" for a in allowed_sections)
             raise ConfigError(f"override '{key}' does not apply here (only {allowed} overrides do)")
         node = out
         for i, part in enumerate(parts[:-1]):

@@ -437,3 +437,17 @@ def test_evaluations_do_not_change_the_training(tmp_path: Path, overrides) -> No
     b = train(load_config("synthetic", overrides(train__steps=4, train__eval_every=-1)), tmp_path / "b", progress=False)
     assert _state_equal(a.model.state_dict(), b.model.state_dict())
     assert [json.loads(x)["step"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+
+
+def test_evaluate_refuses_overrides_that_do_not_apply_to_it(
+    tmp_path: Path, tiny_synth: Path, overrides, capsys: pytest.CaptureFixture[str]  # noqa: ANN001
+) -> None:
+    from hle.cli import main
+
+    train(load_config("synthetic", overrides(train__steps=1, train__eval_every=-1)), tmp_path / "run", progress=False)
+    capsys.readouterr()
+    argv = ["evaluate", str(tmp_path / "run" / "last.pt"), "--data", "synthetic", "--root", str(tiny_synth), "--out", str(tmp_path / "e")]
+    assert main([*argv, "train.steps=4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "override 'train.steps' does not apply here" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "e").exists()
