@@ -176,6 +176,16 @@ def test_bad_values_stop_train_before_anything_runs(
     assert not out.exists()  # nothing trained, nothing written
 
 
+def test_train_checks_a_config_changed_in_code(tmp_path: Path, overrides) -> None:  # noqa: ANN001
+    from hle.config import ConfigError
+
+    config = load_config("synthetic", overrides())
+    config.eval.decoder = {"seed_thresh": 0.4}  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="unknown config key 'eval.decoder.seed_thresh'"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_null_val_split_trains_without_evaluation_and_says_so(tmp_path: Path, overrides) -> None:  # noqa: ANN001
     messages: list[str] = []
     result = train(load_config("synthetic", overrides(data__val_split="null")), tmp_path / "run", progress=False, log=messages.append)
