@@ -93,10 +93,11 @@ class LossConfig:
     options: HLELossOptions = field(default_factory=HLELossOptions)
 
     def __post_init__(self) -> None:
-        if self.options.stride != 1.0:
+        stride = getattr(self.options, "stride", 1.0)  # a mapping assigned in code is checked by check_config
+        if stride != 1.0:
             raise ConfigError(
                 "loss.options.stride is set by the trainer from model.upsample (the network's "
-                f"stride); remove it from the config (got {self.options.stride})"
+                f"stride); remove it from the config (got {stride})"
             )
 
 
