@@ -344,6 +344,7 @@ class Trainer:
         self.last_metrics: dict[str, Any] = {}
         self.steps_this_run = 0
         self._t_start: float | None = None
+        self._t_end: float | None = None
 
     # ------------------------------------------------------------------ the loop
     def register_hooks(self, hooks: Sequence[H.HookBase]) -> None:
@@ -369,6 +370,7 @@ class Trainer:
             self.failed = True
             raise
         finally:
+            self._t_end = time.perf_counter()
             self.parts.batches.close()
             self._after_train()
 
@@ -461,14 +463,15 @@ class Trainer:
         }
 
     def result(self) -> TrainResult:
-        """The :class:`TrainResult` of the run so far."""
-        run_s = time.perf_counter() - self._t_start if self._t_start is not None else 0.0
+        """The :class:`TrainResult` of the run; times end with the last step (final evaluation excluded)."""
+        start = self._t_start if self._t_start is not None else time.perf_counter()
+        run_s = (self._t_end if self._t_end is not None else time.perf_counter()) - start
         return TrainResult(
             out_dir=self.out_dir,
             step=self.step,
             finished=self.stop_reason == "finished",
             interrupted=self.stop_reason == "interrupted",
-            elapsed_s=self.elapsed_s(),
+            elapsed_s=self._elapsed_before + run_s,
             best_pq=self.best_pq,
             last_metrics=self.last_metrics,
             steps_per_s=self.steps_this_run / max(run_s, 1e-9),
