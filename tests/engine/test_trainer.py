@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -306,26 +305,32 @@ def test_a_checkpoint_from_before_this_version_resumes(tmp_path: Path, overrides
 
 # ------------------------------------------------------------------ numerical faults
 
-def _snapshots() -> tuple[dict[int, dict], Callable[[int], None]]:
-    """``on_step`` that keeps a copy of the model and optimiser state after every step."""
-    from hle.engine.trainer import Trainer
+class _Snapshots:
+    """``on_step`` keeping a copy of the model and Adam state after every step.
 
-    taken: dict[int, dict] = {}
-    original = Trainer.run_step
+    It sees the trainer by wrapping ``Trainer.run_step`` (``monkeypatch`` undoes it).
+    """
 
-    def grab(step: int) -> None:
-        trainer = grab.trainer  # type: ignore[attr-defined]
-        taken[step] = {
-            "model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
-            "adam": {i: {k: v.clone() for k, v in s.items()} for i, s in trainer.parts.optimizer.state_dict()["state"].items()},
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from hle.engine.trainer import Trainer
+
+        self.taken: dict[int, dict] = {}
+        self.trainer: Trainer | None = None
+        original = Trainer.run_step
+
+        def run_step(trainer: Trainer) -> None:
+            self.trainer = trainer
+            original(trainer)
+
+        monkeypatch.setattr(Trainer, "run_step", run_step)
+
+    def __call__(self, step: int) -> None:
+        assert self.trainer is not None
+        adam = self.trainer.parts.optimizer.state_dict()["state"]
+        self.taken[step] = {
+            "model": {k: v.clone() for k, v in self.trainer.model.state_dict().items()},
+            "adam": {i: {k: v.clone() for k, v in s.items()} for i, s in adam.items()},
         }
-
-    def run_step(self: Trainer) -> None:
-        grab.trainer = self  # type: ignore[attr-defined]
-        original(self)
-
-    grab.patch = run_step  # type: ignore[attr-defined]
-    return taken, grab
 
 
 def test_non_finite_steps_are_skipped_without_touching_any_state(
@@ -344,17 +349,17 @@ def test_non_finite_steps_are_skipped_without_touching_any_state(
         return images, targets
 
     monkeypatch.setattr(trainer_mod.BatchStream, "next", nan_images_at_3_and_4)
-    taken, grab = _snapshots()
-    monkeypatch.setattr(trainer_mod.Trainer, "run_step", grab.patch)  # type: ignore[attr-defined]
+    snapshots = _Snapshots(monkeypatch)
+    taken = snapshots.taken
     messages: list[str] = []
-    result = train(load_config("synthetic", overrides(train__steps=6)), tmp_path / "run", progress=False, on_step=grab, log=messages.append)
+    result = train(load_config("synthetic", overrides(train__steps=6)), tmp_path / "run", progress=False, on_step=snapshots, log=messages.append)
     assert result.finished and result.step == 6 and result.bad_steps == 2
     assert [m.split(":")[0] for m in messages if "skipped" in m] == ["warning", "warning"]
     assert any("step 3 skipped (no update): non-finite loss term(s)" in m for m in messages)
     # steps 3 and 4 changed nothing: weights, BatchNorm statistics (and their counter), Adam moments
-    for key in ("model", "adam"):
-        assert _state_equal(taken[2][key], taken[4][key]) if key == "model" else all(
-            _state_equal(taken[2][key][i], taken[4][key][i]) for i in taken[2][key])
+    assert _state_equal(taken[2]["model"], taken[4]["model"])
+    assert taken[2]["adam"].keys() == taken[4]["adam"].keys()
+    assert all(_state_equal(taken[2]["adam"][i], taken[4]["adam"][i]) for i in taken[2]["adam"])
     assert not _state_equal(taken[4]["model"], taken[5]["model"])  # step 5 trained again
     assert all(torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point())
     assert load_checkpoint(tmp_path / "run" / "last.pt")["bad_steps"] == 2
@@ -379,11 +384,11 @@ def test_consecutive_non_finite_steps_stop_naming_the_term_and_keep_the_last_goo
         return terms
 
     monkeypatch.setattr(trainer_mod, "hle_loss", ins_goes_nan_from_step_4)
-    taken, grab = _snapshots()
-    monkeypatch.setattr(trainer_mod.Trainer, "run_step", grab.patch)  # type: ignore[attr-defined]
+    snapshots = _Snapshots(monkeypatch)
+    taken = snapshots.taken
     items = overrides(train__steps=20, train__checkpoint_every=3, train__max_bad_steps=3)
     with pytest.raises(TrainingDiverged) as info:
-        train(load_config("synthetic", items), tmp_path / "run", progress=False, on_step=grab, log=lambda m: None)
+        train(load_config("synthetic", items), tmp_path / "run", progress=False, on_step=snapshots, log=lambda m: None)
     message = str(info.value)
     assert "ins=nan" in message and "seg=" not in message and "3 consecutive steps (4-6)" in message
     saved = load_checkpoint(tmp_path / "run" / "last.pt")
