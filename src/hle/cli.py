@@ -99,9 +99,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "with dataset category ids and names) and OUT/<name>_overlay.png (colours over the image). "
         "IMAGES may be files, folders (all images inside) or glob patterns.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by hle train")
-    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or globs")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by hle train (with --onnx: the first image)")
+    p.add_argument("images", nargs="*", metavar="IMAGES", help="image files, folders or globs")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--onnx", metavar="FILE", default=None, help="run a model written by hle export through onnxruntime (CPU) instead of a checkpoint")
     _add_inference_options(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -162,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
                   "generate the built-in synthetic panoptic dataset (COCO panoptic format)")
     _add_external(sub, "pq", "hle.evaluation.cli", "add_pq_arguments", "run_pq",
                   "panoptic quality of COCO panoptic prediction files against ground truth")
+    _add_external(sub, "export", "hle.export.cli", "add_export_arguments", "run_export",
+                  "export a checkpoint's network to ONNX with the decoder's inputs in its metadata")
+    _add_external(sub, "explore", "hle.export.cli", "add_explore_arguments", "run_explore",
+                  "write one self-contained HTML page to explore predictions and embeddings in a browser")
     return parser
 
 
@@ -293,8 +298,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from hle.engine.writers import predict_images
 
-    paths = expand_images(args.images)
-    loaded = _load_checkpoint_model(args.checkpoint, args.device)
+    if not args.onnx and not args.images:
+        raise UserError("no IMAGES given after CHECKPOINT")
+    paths = expand_images([args.checkpoint, *args.images] if args.onnx else args.images)
+    if args.onnx:
+        from hle.export.cli import onnx_loaded_model
+
+        loaded = onnx_loaded_model(args)
+    else:
+        loaded = _load_checkpoint_model(args.checkpoint, args.device)
     flip = loaded.config.eval.flip if args.flip is None else args.flip
     native = loaded.config.eval.native_resolution if args.native is None else args.native
     written = predict_images(loaded, paths, Path(args.out), flip=flip, native=native, progress=True)
