@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 
-from conftest import randomize_batchnorm  # noqa: E402
+from exportfixtures import randomize_batchnorm  # noqa: E402
 
 from hle.engine.build import build_mapper, decoder_kwargs  # noqa: E402
 from hle.engine.inference import decode_outputs, load_trained, run_model  # noqa: E402

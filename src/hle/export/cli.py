@@ -18,6 +18,8 @@ from hle.export.onnx import DEFAULT_OPSET
 __all__ = [
     "add_export_arguments",
     "run_export",
+    "add_explore_arguments",
+    "run_explore",
     "onnx_loaded_model",
 ]
 
@@ -78,3 +80,45 @@ def onnx_loaded_model(args: argparse.Namespace) -> Any:
         return load_onnx(args.onnx)
     except ImportError as exc:
         raise ValueError(str(exc)) from None
+
+
+def add_explore_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``MODEL IMAGES... --out FILE [--flip | --no-flip] [--max-side N] [--device D]``."""
+    parser.add_argument("model", metavar="CHECKPOINT", help="a .pt file written by hle train, or a .onnx file written by hle export")
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or globs")
+    parser.add_argument("--out", default="explore.html", metavar="FILE", help="the HTML file to write (default: explore.html)")
+    flip = parser.add_mutually_exclusive_group()
+    flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="test-time flip (default: the model's eval.flip)")
+    flip.add_argument("--no-flip", dest="flip", action="store_false", help="no test-time flip")
+    parser.add_argument(
+        "--max-side", type=int, default=None, metavar="N",
+        help="shrink images so the longer side is at most N (default: the model's data.max_side); "
+        "the page grows with the image area times the embedding dimension",
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device of a checkpoint's network (default: cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_explore(args: argparse.Namespace) -> int:
+    """Write the explorer page for a model and images; returns 0."""
+    from hle.cli import expand_images
+    from hle.engine.inference import load_trained
+    from hle.export.explore import write_explorer
+
+    if args.max_side is not None and args.max_side < 16:
+        raise ValueError(f"--max-side must be >= 16, got {args.max_side}")
+    paths = expand_images(args.images)
+    model = Path(args.model)
+    if not model.is_file():
+        raise FileNotFoundError(f"model not found: {model}")
+    if model.suffix.lower() == ".onnx":
+        if args.device == "cuda":
+            raise ValueError("an .onnx model runs on onnxruntime's CPU provider; drop --device cuda")
+        args.onnx, args.native = str(model), True
+        loaded = onnx_loaded_model(args)
+    else:
+        loaded = load_trained(model, device=args.device)
+    flip = loaded.config.eval.flip if args.flip is None else args.flip
+    out = write_explorer(loaded, paths, args.out, flip=flip, max_side=args.max_side, progress=not args.no_progress)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(paths)} image(s)); open it in a browser")
+    return 0
