@@ -21,7 +21,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def checkpoint(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint of the demo's ``tiny`` network (untrained, non-trivial BatchNorms).
+    """A checkpoint of the demo's ``tiny`` network (untrained; non-trivial BatchNorms and sigmas).
 
     Untrained, every pixel is nearest to one class mean; class means taken from the
     network's own embeddings at spread-out pixels give every class some pixels, and
@@ -37,6 +37,10 @@ def checkpoint(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = build_model(config, metadata.num_classes, pretrained=False).eval()
     randomize_batchnorm(model)
+    with torch.no_grad():  # untrained sigma heads are constant (zero weights): make the sigmas vary
+        gen = torch.Generator().manual_seed(1)
+        for head in (model.sigma_head, model.spatial_sigma_head):
+            head.weight.copy_(0.3 * torch.randn(head.weight.shape, generator=gen) / head.weight.shape[1] ** 0.5)
     image = build_mapper(config, metadata, train=False)(records[0], index=0)["image"][None]
     with torch.no_grad():
         emb = model(image).embedding[0].flatten(1)
