@@ -1,11 +1,12 @@
-"""The ``hle`` command line: train, evaluate, predict, demo, synth, pq.
+"""The ``hle`` command line: train, evaluate, predict, demo, synth, pq, export, explore.
 
 This module owns argument parsing and the translation of user mistakes into one line
 on stderr with exit code 2 (missing files, unknown config keys or datasets, bad
 values). Everything else is delegated: training to :mod:`hle.engine.trainer`,
 inference to :mod:`hle.engine.inference`, the demo to :mod:`hle.engine.demo`, and the
-``synth`` / ``pq`` sub-commands to the argument builders of :mod:`hle.data.cli` and
-:mod:`hle.evaluation.cli`. Set ``HLE_DEBUG=1`` to see full tracebacks.
+``synth`` / ``pq`` / ``export`` / ``explore`` sub-commands to the argument builders of
+:mod:`hle.data.cli`, :mod:`hle.evaluation.cli` and :mod:`hle.export.cli`. Set
+``HLE_DEBUG=1`` to see full tracebacks.
 """
 from __future__ import annotations
 

@@ -87,6 +87,12 @@ def read_canvas(page: Any, image: int, panel: str) -> np.ndarray:
     return np.asarray(data["px"], dtype=np.uint8).reshape(data["h"], data["w"], 4)[..., :3]
 
 
+_IMAGE_SIZE = """() => {
+    const d = JSON.parse(document.getElementById("hle-data").textContent).images[0];
+    return [d.height, d.width, d.stride];
+}"""
+
+
 def main(argv: list[str]) -> int:
     """Write a screenshot of the explorer for one image, with one pixel clicked."""
     import tempfile
@@ -100,7 +106,7 @@ def main(argv: list[str]) -> int:
         page_path = write_explorer(loaded, [image], Path(tmp) / "explore.html", flip=loaded.config.eval.flip)
         with open_page(page_path, width=1100, height=700) as page:
             if len(argv) >= 5:
-                size = tuple(int(v) for v in page.evaluate("() => { const d = JSON.parse(document.getElementById('hle-data').textContent).images[0]; return [d.height, d.width, d.stride]; }"))
+                size = tuple(int(v) for v in page.evaluate(_IMAGE_SIZE))
                 click_map_pixel(page, 0, int(argv[3]), int(argv[4]), size[2], size[:2])
                 page.mouse.move(*screen_point(page, 0, "panoptic", int(argv[3]) * size[2], int(argv[4]) * size[2], size[:2]))
             page.locator("section[data-index='0']").screenshot(path=out)

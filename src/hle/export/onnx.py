@@ -22,11 +22,13 @@ it and the TorchScript-based exporter (``dynamo=False``) export this network, in
 torchvision's ASPP (its adaptive average pooling becomes a ``GlobalAveragePool``, its
 bilinear resize a ``Resize`` to the runtime size), and onnxruntime reproduces PyTorch
 to rounding with either at every input size tried. The dynamo exporter is used because
-``torch.export`` proves the batch, height and width symbolic (it fails on a shape it
-would have to specialise, where tracing bakes Python values in with only a
-``TracerWarning``), writes each output size as a formula of the input size, gives a
-graph of about half the nodes, and is PyTorch's default while the TorchScript exporter
-is deprecated. It costs a slower export and the ``onnxscript`` package.
+``torch.export`` reasons about batch, height and width symbolically: a size it would have
+to specialise is an error or a refined range (MobileNetV2 at output stride 16 needs
+``H, W >= 17``), where tracing bakes Python values in with only a ``TracerWarning``; it
+writes each output size as a formula of the input size (``((H - 1) // 4) + 1``), gives
+a graph of about half the nodes, and is PyTorch's default while the TorchScript
+exporter is deprecated. It costs a slower export (docs/benchmarks.md) and the
+``onnxscript`` package.
 
 The graph stops at the decoder stride because the maps are 16x smaller there (stride
 4), the upsampling of every channel is skipped, and the decoder decodes them directly
