@@ -103,24 +103,75 @@ def explore_size(model: HLENet, folder: Path) -> dict[str, Any]:
     generate_synthetic(folder / "synth", 0, 1, height=SIZE[0], width=SIZE[1], seed=0, progress=False)
     image = next((folder / "synth" / "val" / "images").iterdir())
     loaded = LoadedModel(model, load_config("cityscapes_mnv2"), Metadata.from_dict(CATEGORIES), 0)
+    start = time.perf_counter()
     page = write_explorer(loaded, [image], folder / "explore.html")
-    return {"backbone": "mobilenet_v2", "embedding_dim": 12, "size": list(SIZE), "page_mib": page.stat().st_size / 2**20}
+    row = {"backbone": "mobilenet_v2", "embedding_dim": 12, "size": list(SIZE), "page_mib": page.stat().st_size / 2**20,
+           "write_s": time.perf_counter() - start}
+    row.update(browser_times(page))
+    return row
+
+
+_CLICK = """() => {
+    const view = document.querySelector("section[data-index='0'] .view[data-panel='input']");
+    const box = view.getBoundingClientRect(), times = [];
+    for (const [fy, fx] of [[0.7, 0.3], [0.5, 0.5], [0.8, 0.8]]) {
+        const t = performance.now();
+        view.dispatchEvent(new MouseEvent("click", {clientX: box.left + fx * box.width, clientY: box.top + fy * box.height, bubbles: true}));
+        times.push(performance.now() - t);
+    }
+    return times;
+}"""
+
+
+def browser_times(page: Path) -> dict[str, Any]:
+    """Load time and per-click time of the page in headless Chromium (if Playwright and chromium are here)."""
+    import shutil
+
+    chromium = os.environ.get("HLE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return {}
+    if not chromium:
+        return {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1400, "height": 900})
+        start = time.perf_counter()
+        tab.goto(page.resolve().as_uri())
+        tab.wait_for_selector("body[data-ready='1']", timeout=120_000)
+        load_s = time.perf_counter() - start
+        clicks = tab.evaluate(_CLICK)
+        browser.close()
+    return {"browser": "chromium (headless)", "load_s": load_s, "click_ms": clicks}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--backbones", nargs="+", default=["tiny", "mobilenet_v2"])
+    parser.add_argument("--explore-only", action="store_true", help="only the hle explore page size and browser times")
     args = parser.parse_args()
     import onnxruntime
 
     result: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": cpu_model(),
         "cpus": os.cpu_count(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
         "size": list(SIZE), "rounds": args.rounds, "exporters": [], "rows": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for backbone in args.backbones:
+        for backbone in [] if args.explore_only else args.backbones:
             model = build(backbone)
             export = exporter_row(model, backbone, Path(tmp))
             result["exporters"].append(export)
@@ -138,10 +189,13 @@ def main() -> None:
               f"torchscript {e['export_s']['torchscript']:.1f} s ({e['nodes']['torchscript']} nodes), {e['file_mib']:.1f} MiB")
         e.pop("path")
     if "explore" in result:
-        print(f"hle explore page, one {SIZE[0]}x{SIZE[1]} image, D=12: {result['explore']['page_mib']:.1f} MiB")
+        x = result["explore"]
+        print(f"hle explore page, one {SIZE[0]}x{SIZE[1]} image, D=12: {x['page_mib']:.1f} MiB, written in {x['write_s']:.1f} s"
+              + (f"; Chromium: loaded in {x['load_s']:.1f} s, clicks {', '.join(f'{t:.0f}' for t in x['click_ms'])} ms"
+                 if "load_s" in x else ""))
     out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_onnx.json").write_text(json.dumps(result, indent=2))
+    (out / ("bench_explore.json" if args.explore_only else "bench_onnx.json")).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

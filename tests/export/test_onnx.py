@@ -231,6 +231,8 @@ def test_foreign_onnx_model_gives_a_clear_error(tmp_path: Path) -> None:
         ("hle.class_sigma", "[1.0]", r"class_sigma must be \[C\] = \(9,\)"),
         ("hle.decoder", "{not json", "'hle.decoder' is not valid JSON"),
         ("hle.decoder_stride", "0", "decoder_stride must be >= 1"),
+        ("hle.class_sigma", "[1, 1, 1, 1, 1, 1, 1, 1, -1]", "positive values, got shape \\(9,\\) with minimum -1"),
+        ("hle.mean", '"rgb"', "mean and hle.std must be lists of 3 numbers"),
         ("hle.categories", '{"name": "x", "categories": [{"id": 1}]}', "hle.categories is not valid"),
     ],
 )

@@ -155,7 +155,9 @@ class ExportInfo:
                 f"metadata; found keys {sorted(props) or 'none'})"
             )
         values = {k[len(_PREFIX):]: _parse_json(props, k, source) for k in props if k.startswith(_PREFIX)}
-        if not isinstance(values["format"], int) or values["format"] > FORMAT_VERSION:
+        if not isinstance(values["format"], int):
+            raise ValueError(f"{source}: {_PREFIX}format must be an integer, got {values['format']!r}")
+        if values["format"] > FORMAT_VERSION:
             raise ValueError(
                 f"{source}: metadata format {values['format']!r} is newer than this hle reads ({FORMAT_VERSION}); "
                 "upgrade hle or export again"
@@ -169,7 +171,7 @@ class ExportInfo:
         if sigma.shape[0] != means.shape[0] or not bool((sigma > 0).all()):
             raise ValueError(
                 f"{source}: {_PREFIX}class_sigma must be [C] = ({means.shape[0]},) positive values, "
-                f"got shape {tuple(sigma.shape)}"
+                f"got shape {tuple(sigma.shape)} with minimum {float(sigma.min()):.3g}"
             )
         for key, kind in (("categories", dict), ("decoder", dict), ("decoder_stride", int)):
             if not isinstance(values[key], kind) or isinstance(values[key], bool):
@@ -177,7 +179,12 @@ class ExportInfo:
         if values["decoder_stride"] < 1:
             raise ValueError(f"{source}: {_PREFIX}decoder_stride must be >= 1, got {values['decoder_stride']}")
         known = {k: values[k] for k in ("split_embedding", "max_side", "flip", "coord_scale", "step") if k in values}
-        norm = {k: tuple(float(v) for v in values[k]) for k in ("mean", "std") if k in values}
+        try:
+            norm = {k: tuple(float(v) for v in values[k]) for k in ("mean", "std") if k in values}
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: {_PREFIX}mean and {_PREFIX}std must be lists of 3 numbers") from None
+        if any(len(v) != 3 for v in norm.values()):
+            raise ValueError(f"{source}: {_PREFIX}mean and {_PREFIX}std must be lists of 3 numbers, got {norm}")
         return cls(means, sigma, values["categories"], values["decoder"], values["decoder_stride"], **known, **norm)
 
 
