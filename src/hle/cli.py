@@ -1,11 +1,12 @@
-"""The ``hle`` command line: train, evaluate, predict, demo, synth, pq.
+"""The ``hle`` command line: train, evaluate, predict, demo, synth, pq, export, explore.
 
 This module owns argument parsing and the translation of user mistakes into one line
 on stderr with exit code 2 (missing files, unknown config keys or datasets, bad
 values). Everything else is delegated: training to :mod:`hle.engine.trainer`,
 inference to :mod:`hle.engine.inference`, the demo to :mod:`hle.engine.demo`, and the
-``synth`` / ``pq`` sub-commands to the argument builders of :mod:`hle.data.cli` and
-:mod:`hle.evaluation.cli`. Set ``HLE_DEBUG=1`` to see full tracebacks.
+``synth`` / ``pq`` / ``export`` / ``explore`` sub-commands to the argument builders of
+:mod:`hle.data.cli`, :mod:`hle.evaluation.cli` and :mod:`hle.export.cli`. Set
+``HLE_DEBUG=1`` to see full tracebacks.
 """
 from __future__ import annotations
 
@@ -105,9 +106,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "with dataset category ids and names) and OUT/<name>_overlay.png (colours over the image). "
         "IMAGES may be files, folders (all images inside) or glob patterns.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by hle train")
-    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or globs")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by hle train (with --onnx: the first image)")
+    p.add_argument("images", nargs="*", metavar="IMAGES", help="image files, folders or globs")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--onnx", metavar="FILE", default=None, help="run a model written by hle export through onnxruntime (CPU) instead of a checkpoint")
     _add_inference_options(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -168,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
                   "generate the built-in synthetic panoptic dataset (COCO panoptic format)")
     _add_external(sub, "pq", "hle.evaluation.cli", "add_pq_arguments", "run_pq",
                   "panoptic quality of COCO panoptic prediction files against ground truth")
+    _add_external(sub, "export", "hle.export.cli", "add_export_arguments", "run_export",
+                  "export a checkpoint's network to ONNX with the decoder's inputs in its metadata")
+    _add_external(sub, "explore", "hle.export.cli", "add_explore_arguments", "run_explore",
+                  "write one self-contained HTML page to explore predictions and embeddings in a browser")
     return parser
 
 
@@ -310,8 +316,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from hle.engine.writers import predict_images
 
-    paths = expand_images(args.images)
-    loaded = _load_checkpoint_model(args.checkpoint, args.device)
+    if not args.onnx and not args.images:
+        raise UserError("no IMAGES given after CHECKPOINT")
+    paths = expand_images([args.checkpoint, *args.images] if args.onnx else args.images)
+    if args.onnx:
+        from hle.export.cli import onnx_loaded_model
+
+        loaded = onnx_loaded_model(args)
+    else:
+        loaded = _load_checkpoint_model(args.checkpoint, args.device)
     flip = loaded.config.eval.flip if args.flip is None else args.flip
     native = loaded.config.eval.native_resolution if args.native is None else args.native
     written = predict_images(loaded, paths, Path(args.out), flip=flip, native=native, progress=True)
