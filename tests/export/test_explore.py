@@ -1,6 +1,8 @@
 """hle/export/explore.py: the self-contained explorer page, its stored data, and the page in Chromium."""
 from __future__ import annotations
 
+import dataclasses
+
 import base64
 import json
 import re
@@ -125,7 +127,7 @@ def explorer(checkpoint: Path, synth: Path, tmp_path_factory: pytest.TempPathFac
     """The page of two val images; ``split``: the split-embedding ablation (psi and Phi on halves)."""
     loaded = load_trained(checkpoint)
     if request.param:
-        loaded.config.loss.options["split_embedding"] = True
+        loaded.config.loss.options = dataclasses.replace(loaded.config.loss.options, split_embedding=True)
     # Untrained, the embeddings differ little; class sigmas at their floor (0.05) make
     # psi vary over the image, so the drawn psi is checked on more than a flat map.
     with torch.no_grad():

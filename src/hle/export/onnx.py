@@ -38,6 +38,8 @@ graph, so :class:`OnnxModel` refuses ``upsample=True``.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -221,7 +223,7 @@ def export_info(loaded: Any) -> ExportInfo:
         class_means=model.class_means.detach(),
         class_sigma=model.class_sigma().detach(),
         categories=loaded.metadata.to_dict(),
-        decoder=dict(config.eval.decoder),
+        decoder=dataclasses.asdict(config.eval.decoder),
         decoder_stride=int(model.decoder_stride),
         split_embedding=bool(kwargs.get("split_embedding", False)),
         mean=tuple(mapper.mean),
