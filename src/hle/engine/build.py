@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from hle.config import Config, ConfigError
+from hle.core.decode import DecoderParams
 
 __all__ = [
     "build_model",
@@ -20,7 +21,8 @@ __all__ = [
     "build_mapper",
     "build_loss_options",
     "loss_stride",
-    "decoder_kwargs",
+    "decoder_params",
+    "decoder_split_embedding",
 ]
 
 
@@ -119,13 +121,32 @@ def build_loss_options(config: Config, stride: int) -> Any:
     return HLELossOptions(**opts)
 
 
-def decoder_kwargs(config: Config) -> dict[str, Any]:
-    """Keyword arguments of ``decode_panoptic`` from ``config.eval.decoder``.
+def decoder_params(config: Config) -> DecoderParams:
+    """The decoder's thresholds (:class:`DecoderParams`) from ``config.eval.decoder``.
 
-    The split-embedding ablation must decode the way it was trained, so
-    ``split_embedding`` follows ``loss.options`` unless the decoder section sets it.
+    Raises:
+        ConfigError: an unknown key or a bad value in ``eval.decoder``, named.
     """
-    kwargs = dict(config.eval.decoder)
-    if config.loss.options.get("split_embedding"):
-        kwargs.setdefault("split_embedding", True)
-    return kwargs
+    section = config.eval.decoder
+    if isinstance(section, DecoderParams):
+        return section
+    values = {k: v for k, v in dict(section).items() if k != "split_embedding"}
+    try:
+        return DecoderParams(**values)
+    except TypeError as exc:
+        valid = ", ".join(f.name for f in dataclasses.fields(DecoderParams))
+        raise ConfigError(f"eval.decoder: {exc} (valid: {valid}, split_embedding)") from None
+    except ValueError as exc:
+        raise ConfigError(f"eval.decoder: {exc}") from None
+
+
+def decoder_split_embedding(config: Config) -> bool:
+    """Whether to decode the split-embedding ablation.
+
+    It must decode the way it was trained, so this follows ``loss.options`` unless
+    ``eval.decoder.split_embedding`` is set.
+    """
+    section = config.eval.decoder
+    if not isinstance(section, DecoderParams) and "split_embedding" in section:
+        return bool(section["split_embedding"])
+    return bool(config.loss.options.get("split_embedding", False))

@@ -30,7 +30,9 @@ from hle.config import Config, config_from_dict, config_to_dict
 from hle.core.kernels import IGNORE_LABEL
 from hle.core.types import HLEOutputs, PanopticTargets
 from hle.engine import distributed as hdist
-from hle.engine.build import build_loss_options, build_mapper, build_model, decoder_kwargs, load_records, loss_stride
+from hle.engine.build import (
+    build_loss_options, build_mapper, build_model, decoder_params, decoder_split_embedding, load_records, loss_stride,
+)
 from hle.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from hle.engine.optim import PolySchedule, build_optimizer
 from hle.engine.sampling import ResumableSampler, SeededDataset
@@ -376,7 +378,8 @@ def train(
             build_mapper(config, metadata, train=False),
             flip=config.eval.flip,
             native=config.eval.native_resolution,
-            decoder_kwargs=decoder_kwargs(config),
+            decoder_params=decoder_params(config),
+            split_embedding=decoder_split_embedding(config),
             info=info,
             num_previews=3 if writer is not None else 0,
         )
