@@ -181,12 +181,11 @@ def instance_linear_form(
         ``[D + 4, K]`` weights (rows: embedding, ``rho_row, rho_col, |rho|^2, 1``).
     """
     weight, bias = gaussian_linear_form(means, sigma)
-    centred = centers - origin
-    b = 0.5 / (spatial_sigma * spatial_sigma)
-    spatial = torch.stack(
-        [2.0 * b * centred[:, 0], 2.0 * b * centred[:, 1], -b, bias - b * centred.pow(2).sum(dim=1)]
-    )
-    return torch.cat([weight, spatial.to(weight.dtype)])
+    centred = centers - origin                                               # [K, 2]
+    b = (0.5 / (spatial_sigma * spatial_sigma))[:, None]                     # [K, 1]
+    constant = bias[:, None] - b * centred.pow(2).sum(dim=1, keepdim=True)
+    spatial = torch.cat([2.0 * b * centred, -b, constant], dim=1)            # [K, 4]
+    return torch.cat([weight, spatial.transpose(0, 1)])
 
 
 def instance_features(embeddings: torch.Tensor, coords: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,8 @@ def test_gather_seeds_reads_embedding_coordinates_and_sigmas_at_the_seeds() -> N
     sigma, spatial = torch.rand(16, 24, generator=gen), torch.rand(16, 24, generator=gen)
     grid = decode_grid((16, 24), 4, stride=2.0, coord_scale=0.5)
     index = torch.tensor([7, 0, 23])
-    seeds = gather_seeds(index, torch.tensor([0.9, 0.8, 0.7]), emb, sigma, spatial, grid, "sample")
+    coordinates = grid.coordinates(torch.device("cpu"), torch.float32)
+    seeds = gather_seeds(index, torch.tensor([0.9, 0.8, 0.7]), emb, coordinates, sigma, spatial, factor=4, mode="sample")
     for k, i in enumerate(index.tolist()):
         r, c = divmod(i, 6)
         assert torch.equal(seeds.embedding[k], emb[:, r, c])

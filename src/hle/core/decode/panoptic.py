@@ -125,14 +125,15 @@ def decode_panoptic(
         pixel_weight=grid.pixel_weight(emb.device), chunk=chunk,
     )
     instance_map = semantic.embedding if maps.instance is None else maps.instance
+    coordinates = grid.coordinates(emb.device, emb.dtype)
     index, score = find_seeds(maps.seed, semantic.thing.view(grid.size), threshold=params.seed_threshold,
                               kernel=params.nms_kernel, max_seeds=params.max_instances)
-    seeds = gather_seeds(index, score, instance_map, outputs.sigma[0], outputs.spatial_sigma[0], grid,
-                         params.downsample_mode)
+    seeds = gather_seeds(index, score, instance_map, coordinates, outputs.sigma[0], outputs.spatial_sigma[0],
+                         factor=params.downsample, mode=params.downsample_mode)
     seeds = seeds.select(merge_seeds(seeds.embedding, seeds.coords, seeds.sigma, seeds.spatial_sigma,
                                      threshold=params.merge_threshold))
     candidates = torch.nonzero(semantic.thing).squeeze(1)
-    instance, log_phi = assign_instances(instance_map, candidates, seeds, grid.coordinates(emb.device, emb.dtype),
+    instance, log_phi = assign_instances(instance_map, candidates, seeds, coordinates,
                                          threshold=params.mask_threshold, chunk=chunk)
     return panoptic_result(semantic, candidates, instance, log_phi, seeds, order, grid, params)
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from hle.core.decode.resolution import DecodeGrid, read_at
+from hle.core.decode.resolution import read_at
 from hle.core.kernels import instance_kernel
 
 
@@ -106,9 +106,11 @@ def gather_seeds(
     index: torch.Tensor,
     score: torch.Tensor,
     embedding: torch.Tensor,
+    coordinates: tuple[torch.Tensor, torch.Tensor],
     sigma: torch.Tensor,
     spatial_sigma: torch.Tensor,
-    grid: DecodeGrid,
+    *,
+    factor: int,
     mode: str,
 ) -> Seeds:
     """The :class:`Seeds` at decode pixels ``index`` (from :func:`find_seeds`).
@@ -116,22 +118,22 @@ def gather_seeds(
     Args:
         index, score: ``[K]`` from :func:`find_seeds`.
         embedding: ``[Di, h, w]`` contiguous instance embedding on the decode grid.
+        coordinates: ``([h], [w])`` row and column coordinates of the decode pixels
+            (:meth:`~hle.core.decode.resolution.DecodeGrid.coordinates`).
         sigma, spatial_sigma: ``[H, W]`` full-resolution maps, read at the seeds as
-            ``downsample_mode = mode`` reduces them (:func:`read_at`).
-        grid: the decode grid (coordinates).
-        mode: ``downsample_mode``.
+            ``downsample = factor`` in ``mode`` reduces them (:func:`read_at`).
+        factor: ``downsample``; mode: ``downsample_mode``.
     """
-    w = grid.size[1]
-    dtype = embedding.dtype
+    d, _, w = embedding.shape
     rows, cols = index // w, index % w
-    row_coord, col_coord = grid.coordinates(embedding.device, dtype)
+    row_coord, col_coord = coordinates
     return Seeds(
         index,
         score,
-        embedding.view(embedding.shape[0], -1)[:, index].transpose(0, 1),
+        embedding.view(d, -1)[:, index].transpose(0, 1),
         torch.stack([row_coord[rows], col_coord[cols]], dim=1),
-        read_at(sigma, rows, cols, grid.factor, mode).to(dtype),
-        read_at(spatial_sigma, rows, cols, grid.factor, mode).to(dtype),
+        read_at(sigma, rows, cols, factor, mode).to(embedding.dtype),
+        read_at(spatial_sigma, rows, cols, factor, mode).to(embedding.dtype),
     )
 
 
