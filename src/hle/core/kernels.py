@@ -150,7 +150,8 @@ def semantic_logits(
         ``[C, N]`` logits.
     """
     weight, bias = gaussian_linear_form(class_means, class_sigma)
-    return torch.addmm(bias[:, None], weight.transpose(0, 1), embeddings.transpose(0, 1))
+    # A row-major [C, D] factor keeps addmm's backward on its fast path.
+    return torch.addmm(bias[:, None], weight.transpose(0, 1).contiguous(), embeddings.transpose(0, 1))
 
 
 # ----------------------------------------------------------------------------- Eq. (8)
@@ -293,7 +294,9 @@ def grid_instance_log_kernel(
     col_part = col_const + w_c * rho_c + w_q * rho_c * rho_c                   # [K, W]
     dtype = embeddings.dtype
     spatial = (row_part.to(dtype)[:, :, None] + col_part.to(dtype)[:, None, :]).reshape(k, -1)
-    log_phi = torch.addmm(spatial, weight[:d].transpose(0, 1).to(dtype), embeddings.transpose(0, 1))
+    # A row-major [K, D] factor: addmm's backward is several times slower with a
+    # column-major one at these shapes (K small, N large).
+    log_phi = torch.addmm(spatial, weight[:d].transpose(0, 1).to(dtype).contiguous(), embeddings.transpose(0, 1))
     return log_phi.clamp_(max=0.0)
 
 
