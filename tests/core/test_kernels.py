@@ -15,13 +15,13 @@ from hle.core.kernels import (
     cosine_distance,
     gaussian_linear_form,
     grid_instance_log_kernel,
-    instance_features,
     instance_kernel,
     instance_linear_form,
     instance_log_kernel,
     normalize_rows,
     pixel_coordinates,
     semantic_logits,
+    spatial_features,
     split_views,
 )
 
@@ -130,7 +130,7 @@ def test_instance_linear_form_does_not_depend_on_the_origin() -> None:
     for origin in (torch.zeros(2, dtype=D64), torch.tensor([3.0, -2.0], dtype=D64), centres[1]):
         weight = instance_linear_form(means, sigma, centres, ssig, origin)
         assert weight.shape == (5 + 4, 2)
-        features = instance_features(emb, coords, origin)
+        features = torch.cat([emb, spatial_features(coords, origin)], dim=1)
         torch.testing.assert_close((features @ weight).T, expected, atol=1e-10, rtol=1e-10)
 
 

@@ -162,7 +162,7 @@ def instance_linear_form(
     spatial_sigma: torch.Tensor,
     origin: torch.Tensor,
 ) -> torch.Tensor:
-    """Eq. (8) as a linear form: ``log phi = [e, rho, |rho|^2, 1] @ weight`` (:func:`instance_features`).
+    """Eq. (8) as a linear form: ``log phi = [e, rho, |rho|^2, 1] @ weight`` (:func:`spatial_features`).
 
     ``log phi_k(e, x) = -d_cos(e, mu_k) / (2 sigma_k^2) - |x - c_k|^2 / (2 s_k^2)`` with
     ``rho = x - origin``, ``c = c_k - origin`` and ``b_k = 1 / (2 s_k^2)`` expands to
@@ -189,19 +189,20 @@ def instance_linear_form(
     return torch.cat([weight, spatial.transpose(0, 1)])
 
 
-def instance_features(embeddings: torch.Tensor, coords: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-    """Features ``[e, rho, |rho|^2, 1]`` (``rho = coords - origin``) of :func:`instance_linear_form`.
+def spatial_features(coords: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """The spatial features ``[rho, |rho|^2, 1]`` (``rho = coords - origin``) of :func:`instance_linear_form`.
+
+    A pixel's full feature vector is ``[e, spatial_features]``.
 
     Args:
-        embeddings: ``[N, D]`` unit embeddings.
         coords: ``[N, 2]`` pixel coordinates.
         origin: ``[2]``.
 
     Returns:
-        ``[N, D + 4]``.
+        ``[N, 4]``.
     """
     rho = coords - origin
-    return torch.cat([embeddings, rho, rho.pow(2).sum(dim=1, keepdim=True), torch.ones_like(rho[:, :1])], dim=1)
+    return torch.cat([rho, rho.pow(2).sum(dim=1, keepdim=True), torch.ones_like(rho[:, :1])], dim=1)
 
 
 def instance_log_kernel(
@@ -232,9 +233,13 @@ def instance_log_kernel(
     Returns:
         ``[K, N]`` log scores in ``[-inf, 0]``.
     """
+    d = embeddings.shape[1]
     origin = centers.mean(dim=0) if centers.shape[0] else centers.new_zeros(2)
-    weight = instance_linear_form(means, sigma, centers, spatial_sigma, origin)
-    return (weight.transpose(0, 1) @ instance_features(embeddings, coords, origin).transpose(0, 1)).clamp(max=0.0)
+    weight = instance_linear_form(means, sigma, centers, spatial_sigma, origin).transpose(0, 1)  # [K, D+4]
+    # [e, spatial] @ W as two products, so the embeddings are not copied into a feature
+    # matrix; row-major [K, *] factors keep the backward on BLAS's fast path.
+    spatial = weight[:, d:].contiguous() @ spatial_features(coords, origin).transpose(0, 1)
+    return torch.addmm(spatial, weight[:, :d].contiguous(), embeddings.transpose(0, 1)).clamp(max=0.0)
 
 
 def instance_kernel(

@@ -472,7 +472,7 @@ def test_coordinates_follow_stride_and_coord_scale() -> None:
 def test_chunk_size_does_not_change_the_decisions() -> None:
     scene = make_scene(BOXES)
     reference = scene.decode(loose(instance_score="mean_phi"))
-    for chunk in (1, 7, 96, 1000):
+    for chunk in (13, 96, 1000):
         result = scene.decode(loose(instance_score="mean_phi"), chunk=chunk)
         assert torch.equal(result.panoptic, reference.panoptic)
         assert_same_decode(result, reference)

@@ -4,6 +4,7 @@ and never scores NaN (``scenes.check_valid_result`` checks the map by brute forc
 from __future__ import annotations
 
 import hypothesis.strategies as st
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -73,6 +74,7 @@ def make_outputs(layout: str, c: int, d: int, h: int, w: int, with_logits: bool,
     return outputs, means, class_sigma
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None)
 @given(
     layout=st.sampled_from(LAYOUTS),

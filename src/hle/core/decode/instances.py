@@ -27,8 +27,8 @@ def assign_instances(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Instance of each candidate pixel: the seed of highest Phi, if above ``threshold``.
 
-    ``log Phi_k`` is linear in the features ``[e, rho, |rho|^2, 1]`` of
-    :func:`hle.core.kernels.instance_features` (``rho`` relative to the seeds' mean
+    ``log Phi_k`` is linear in the features ``[e, rho, |rho|^2, 1]``
+    (:func:`hle.core.kernels.spatial_features`; ``rho`` relative to the seeds' mean
     position, so the cancelling quadratic terms stay small): each chunk's features are
     gathered from the map into one reused channel-major buffer and scored against all
     seeds with one matmul.

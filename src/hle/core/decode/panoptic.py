@@ -111,7 +111,7 @@ def decode_panoptic(
         descending seed score, then stuff by class; 0 = void), ``segments_info`` dicts
         ``id, category_id, isthing, area, bbox, score`` (areas and boxes in output pixels;
         instance score per ``params.instance_score`` in ``[0, 1]``, stuff score = mean max
-        psi over the segment, in ``(0, 1]``).
+        psi over the segment, in ``[1/C, 1]``).
     """
     check_inputs(outputs, class_means, class_sigma, is_thing, params, split_embedding, chunk)
     emb = outputs.embedding
