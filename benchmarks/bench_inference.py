@@ -1,7 +1,7 @@
 """End-to-end inference per 1024x2048 image: network + decoder, three pipelines.
 
     full       HLENet(upsample=True) -> decode_panoptic()              (image-size maps)
-    ds4        HLENet(upsample=True) -> decode_panoptic(downsample=4)  (Supplementary C)
+    ds4        HLENet(upsample=True) -> decode_panoptic(DecoderParams(downsample=4))  (Supplementary C)
     native     HLENet(upsample=False) -> decode_panoptic(stride=4, output_size=(H, W))
                (``eval.native_resolution``: the decoder reads the network's own
                stride-4 outputs, nothing is upsampled but the final id map)
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from pathlib import Path
 import torch
 
 from bench_decode import synthetic_outputs  # same folder: the benchmark's Cityscapes-like maps
-from hle.core.decode import decode_panoptic
+from hle.core.decode import DecoderParams, decode_panoptic
+from hle.core.types import HLEOutputs
 from hle.models import HLENet
 
 HEIGHT, WIDTH, NUM_CLASSES = 1024, 2048, 19
@@ -61,13 +63,15 @@ def time_network(backbone: str, repeats: int) -> dict[str, float]:
 def time_decoder(repeats: int) -> tuple[dict[str, float], dict[str, int]]:
     """Median decode ms of the three pipelines on bench_decode's synthetic maps."""
     maps = synthetic_outputs()
-    full = [maps[k] for k in ("embedding", "sigma", "spatial_sigma", "seed", "class_means", "class_sigma", "is_thing")]
-    native = [t[:, 2::4, 2::4].contiguous() if t.dim() == 3 else t for t in full]
-    common = dict(min_thing_area=64, min_stuff_area=2048)
+    full = HLEOutputs(*(maps[k] for k in ("embedding", "sigma", "spatial_sigma", "seed")))
+    native = HLEOutputs(*(t[:, 2::4, 2::4].contiguous() for t in full[:4]))
+    classes = (maps["class_means"], maps["class_sigma"], maps["is_thing"])
+    params = DecoderParams(min_thing_area=64, min_stuff_area=2048)
+    ds4 = dataclasses.replace(params, downsample=4)
     cases = {
-        "full": lambda: decode_panoptic(*full, **common),
-        "ds4": lambda: decode_panoptic(*full, downsample=4, **common),
-        "native": lambda: decode_panoptic(*native, stride=4.0, output_size=(HEIGHT, WIDTH), **common),
+        "full": lambda: decode_panoptic(full, *classes, params),
+        "ds4": lambda: decode_panoptic(full, *classes, ds4),
+        "native": lambda: decode_panoptic(native, *classes, params, stride=4.0, output_size=(HEIGHT, WIDTH)),
     }
     times, instances = {}, {}
     for name, fn in cases.items():

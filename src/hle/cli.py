@@ -232,7 +232,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hle.config import apply_overrides, config_from_dict, config_to_dict, parse_overrides
-    from hle.engine.build import build_mapper, decoder_kwargs, load_records
+    from hle.engine.build import build_mapper, decoder_params, decoder_split_embedding, load_records
     from hle.engine.inference import evaluate_records
     from hle.engine.writers import dataset_prediction_writer
 
@@ -263,7 +263,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         metadata,
         build_mapper(config, metadata, train=False),
         flip=flip,
-        decoder_kwargs=decoder_kwargs(config),
+        decoder_params=decoder_params(config),
+        split_embedding=decoder_split_embedding(config),
         native=native,
         on_prediction=add_prediction,
         progress=True,

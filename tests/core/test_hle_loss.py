@@ -18,11 +18,9 @@ from hle.core.hle_loss import (
     LOSS_TERMS,
     HLELossOptions,
     binary_cross_entropy_from_log,
-    grid_instance_kernel,
-    grid_instance_log_kernel,
     hle_loss,
 )
-from hle.core.kernels import instance_kernel, pixel_coordinates
+from hle.core.kernels import grid_instance_log_kernel, instance_kernel, pixel_coordinates
 from hle.core.types import HLEOutputs, PanopticTargets
 from hle.losses import HLELoss
 
@@ -291,21 +289,6 @@ def test_associative_variant_matches_eq1_eq2() -> None:
         assert abs(float(out[name]) - ref[name]) < 1e-6
 
 
-def test_grid_kernel_equals_shared_instance_kernel() -> None:
-    gen = torch.Generator().manual_seed(4)
-    h, w, k, d = 5, 7, 3, 4
-    coords = pixel_coordinates(h, w, stride=2.0, dtype=D64)
-    emb = F.normalize(torch.randn(h * w, d, generator=gen, dtype=D64), dim=1)
-    means = torch.randn(k, d, generator=gen, dtype=D64)
-    sigma = 0.3 + torch.rand(k, generator=gen, dtype=D64)
-    centres = 0.2 * torch.rand(k, 2, generator=gen, dtype=D64)
-    ssig = 0.05 + 0.1 * torch.rand(k, generator=gen, dtype=D64)
-    expected = instance_kernel(emb, coords, means, sigma, centres, ssig)
-    grid = coords.view(h, w, 2)
-    got = grid_instance_kernel(emb, grid[:, 0, 0], grid[0, :, 1], means, sigma, centres, ssig)
-    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
-
-
 # ----------------------------------------------------------------------------- gradients
 def test_gradcheck_float64() -> None:
     # Terms with a stop-gradient (Eq. 13-15) cannot be checked numerically w.r.t. the
@@ -514,18 +497,6 @@ def test_option_checks() -> None:
     assert HLELossOptions(ae_semantic_margins=[1, 2]).ae_semantic_margins == (1.0, 2.0)
     with pytest.raises(ValueError, match="is_thing"):
         HLELoss(torch.zeros(2, 2, dtype=torch.bool))
-
-
-def test_fused_semantic_logits_equal_shared_kernel() -> None:
-    from hle.core.hle_loss import fused_semantic_logits
-    from hle.core.kernels import semantic_logits
-
-    gen = torch.Generator().manual_seed(5)
-    emb = F.normalize(torch.randn(11, 4, generator=gen, dtype=D64), dim=1)
-    means = torch.randn(3, 4, generator=gen, dtype=D64)
-    csig = 0.2 + torch.rand(3, generator=gen, dtype=D64)
-    torch.testing.assert_close(fused_semantic_logits(emb, means, csig),
-                               semantic_logits(emb, means, csig), atol=1e-12, rtol=1e-10)
 
 
 # ------------------------------------------------------------ documented ranges under rounding

@@ -10,14 +10,18 @@ import torch.nn.functional as F
 from hle.core.kernels import (
     DEFAULT_COORD_SCALE,
     IGNORE_LABEL,
+    axis_coordinates,
     check_class_parameters,
     cosine_distance,
-    gaussian_log_score,
+    gaussian_linear_form,
+    grid_instance_log_kernel,
     instance_kernel,
+    instance_linear_form,
+    instance_log_kernel,
     normalize_rows,
     pixel_coordinates,
     semantic_logits,
-    spatial_log_score,
+    spatial_features,
     split_views,
 )
 
@@ -73,48 +77,106 @@ def test_cosine_distance_loops() -> None:
             assert abs(float(out[k, i]) - (1 - float((emb[i] * mu).sum()))) < 1e-12
 
 
-def test_gaussian_log_score_eq7() -> None:
-    dist = torch.rand(3, 4, dtype=D64)
+def test_gaussian_linear_form_is_eq7() -> None:
+    emb = _unit(6, 4, 8)
+    means = 3.0 * torch.randn(3, 4, generator=torch.Generator().manual_seed(9), dtype=D64)
     sigma = torch.tensor([0.5, 1.0, 2.0], dtype=D64)
-    per_centre = gaussian_log_score(dist, sigma)
-    per_pixel = gaussian_log_score(dist, sigma[:, None].expand(3, 4))
+    weight, bias = gaussian_linear_form(means, sigma)
+    assert weight.shape == (4, 3) and bias.shape == (3,) and weight.is_contiguous()
+    log_p = emb @ weight + bias
     for k in range(3):
-        for i in range(4):
-            expected = -float(dist[k, i]) / (2 * float(sigma[k]) ** 2)
-            assert abs(float(per_centre[k, i]) - expected) < 1e-12
-            assert abs(float(per_pixel[k, i]) - expected) < 1e-12
-
-
-def test_spatial_and_instance_kernel_eq8() -> None:
-    gen = torch.Generator().manual_seed(2)
-    coords = pixel_coordinates(3, 4, dtype=D64)
-    emb = _unit(12, 5, 3)
-    means = torch.randn(2, 5, generator=gen, dtype=D64)
-    sigma = torch.tensor([0.4, 0.9], dtype=D64)
-    centres = torch.rand(2, 2, generator=gen, dtype=D64) * 0.05
-    ssig = torch.tensor([0.02, 0.1], dtype=D64)
-    spatial = spatial_log_score(coords, centres, ssig)
-    phi = instance_kernel(emb, coords, means, sigma, centres, ssig)
-    for k in range(2):
         mu = means[k] / means[k].norm()
-        for i in range(12):
-            sq = float(((coords[i] - centres[k]) ** 2).sum())
-            assert abs(float(spatial[k, i]) + sq / (2 * float(ssig[k]) ** 2)) < 1e-12
+        for i in range(6):
+            expected = -(1 - float((emb[i] * mu).sum())) / (2 * float(sigma[k]) ** 2)
+            assert abs(float(log_p[i, k]) - expected) < 1e-12
+
+
+def eq8_reference(emb, coords, means, sigma, centres, ssig) -> torch.Tensor:  # noqa: ANN001
+    """log phi of Eq. (8), one (instance, pixel) pair at a time, from the definition."""
+    out = torch.empty(means.shape[0], emb.shape[0], dtype=D64)
+    for k in range(means.shape[0]):
+        mu = means[k] / means[k].norm()
+        for i in range(emb.shape[0]):
             d = 1 - float((emb[i] * mu).sum())
-            expected = math.exp(-d / (2 * float(sigma[k]) ** 2) - sq / (2 * float(ssig[k]) ** 2))
-            assert abs(float(phi[k, i]) - expected) < 1e-12
+            sq = float(((coords[i] - centres[k]) ** 2).sum())
+            out[k, i] = -d / (2 * float(sigma[k]) ** 2) - sq / (2 * float(ssig[k]) ** 2)
+    return out
+
+
+def eq8_case(seed: int, h: int = 3, w: int = 4, k: int = 2, d: int = 5, stride: float = 1.0) -> tuple:
+    gen = torch.Generator().manual_seed(seed)
+    coords = pixel_coordinates(h, w, stride=stride, dtype=D64)
+    emb = _unit(h * w, d, seed + 1)
+    means = torch.randn(k, d, generator=gen, dtype=D64)
+    sigma = 0.3 + torch.rand(k, generator=gen, dtype=D64)
+    centres = torch.rand(k, 2, generator=gen, dtype=D64) * 0.05 * max(h, w) * stride
+    ssig = 0.02 + 0.1 * torch.rand(k, generator=gen, dtype=D64)
+    return emb, coords, means, sigma, centres, ssig
+
+
+def test_instance_kernel_is_eq8() -> None:
+    emb, coords, means, sigma, centres, ssig = eq8_case(2)
+    expected = eq8_reference(emb, coords, means, sigma, centres, ssig)
+    torch.testing.assert_close(instance_log_kernel(emb, coords, means, sigma, centres, ssig), expected,
+                               atol=1e-12, rtol=1e-12)
+    phi = instance_kernel(emb, coords, means, sigma, centres, ssig)
+    torch.testing.assert_close(phi, expected.exp(), atol=1e-12, rtol=1e-12)
     assert bool((phi > 0).all() and (phi <= 1).all())
 
 
-def test_semantic_logits_softmax_is_eq9() -> None:
+def test_instance_linear_form_does_not_depend_on_the_origin() -> None:
+    emb, coords, means, sigma, centres, ssig = eq8_case(3)
+    expected = eq8_reference(emb, coords, means, sigma, centres, ssig)
+    for origin in (torch.zeros(2, dtype=D64), torch.tensor([3.0, -2.0], dtype=D64), centres[1]):
+        weight = instance_linear_form(means, sigma, centres, ssig, origin)
+        assert weight.shape == (5 + 4, 2)
+        features = torch.cat([emb, spatial_features(coords, origin)], dim=1)
+        torch.testing.assert_close((features @ weight).T, expected, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("stride", [1.0, 2.0])
+def test_grid_kernel_equals_dense_kernel(stride: float) -> None:
+    emb, coords, means, sigma, centres, ssig = eq8_case(4, h=5, w=7, k=3, d=4, stride=stride)
+    grid = coords.view(5, 7, 2)
+    got = grid_instance_log_kernel(emb, grid[:, 0, 0], grid[0, :, 1], means, sigma, centres, ssig)
+    torch.testing.assert_close(got, instance_log_kernel(emb, coords, means, sigma, centres, ssig),
+                               atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(got, eq8_reference(emb, coords, means, sigma, centres, ssig), atol=1e-12, rtol=1e-10)
+
+
+def test_grid_kernel_keeps_float32_precision_far_from_the_centres() -> None:
+    # Small spatial sigmas (the network's floor, 0.05) and centres at opposite ends of a
+    # 2048-pixel-wide map: expanding |x - c|^2 in float32 would lose ~1e-2 in log phi
+    # near each centre. Reference: the definition in float64.
+    gen = torch.Generator().manual_seed(5)
+    h, w, d = 4, 2048, 6
+    rows, cols = axis_coordinates(h), axis_coordinates(w)
+    coords = pixel_coordinates(h, w, dtype=D64)
+    emb = F.normalize(torch.randn(h * w, d, generator=gen, dtype=D64), dim=1)
+    centres = torch.tensor([[0.02, 0.1], [0.03, 31.9]], dtype=D64)
+    means = emb[[5, h * w - 7]]
+    sigma = torch.tensor([0.3, 0.4], dtype=D64)
+    ssig = torch.tensor([0.05, 0.05], dtype=D64)
+    expected = eq8_reference(emb, coords, means, sigma, centres, ssig)
+    got = grid_instance_log_kernel(emb.float(), rows, cols, means.float(), sigma.float(), centres.float(), ssig.float())
+    near = expected > -20  # where phi is not negligible
+    assert int(near.sum()) > 20
+    torch.testing.assert_close(got.double()[near], expected[near], atol=2e-4, rtol=1e-5)
+
+
+def test_semantic_logits_are_eq9() -> None:
     emb = _unit(7, 3, 4)
     means = torch.randn(4, 3, generator=torch.Generator().manual_seed(5), dtype=D64)
     csig = torch.tensor([0.3, 0.5, 0.7, 1.1], dtype=D64)
-    psi = torch.softmax(semantic_logits(emb, means, csig), dim=0)
+    logits = semantic_logits(emb, means, csig)
+    assert logits.shape == (4, 7)
+    psi = torch.softmax(logits, dim=0)
     for i in range(7):
-        p = [math.exp(-(1 - float((emb[i] * means[k] / means[k].norm()).sum())) / (2 * float(csig[k]) ** 2))
-             for k in range(4)]
+        log_p = [-(1 - float((emb[i] * means[k] / means[k].norm()).sum())) / (2 * float(csig[k]) ** 2)
+                 for k in range(4)]
+        p = [math.exp(v) for v in log_p]
         for k in range(4):
+            assert abs(float(logits[k, i]) - log_p[k]) < 1e-12
             assert abs(float(psi[k, i]) - p[k] / sum(p)) < 1e-12
 
 
@@ -147,6 +209,11 @@ def test_kernel_gradcheck() -> None:
     )
     assert torch.autograd.gradcheck(instance_kernel, args)
     assert torch.autograd.gradcheck(semantic_logits, (args[0], args[2], args[3]))
+    grid = coords.view(2, 3, 2)
+    assert torch.autograd.gradcheck(
+        lambda e, m, s, c, t: grid_instance_log_kernel(e, grid[:, 0, 0], grid[0, :, 1], m, s, c, t),
+        (args[0], *args[2:]),
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from hle.config import load_config
+from hle.core.decode import DecoderParams
 from hle.engine.build import build_mapper, build_model, load_records
 from hle.engine.inference import cache_outputs, decode_outputs, evaluate_cached, evaluate_records, run_model
 
 # Loose thresholds so an untrained network still yields many segments to compare.
-DECODER = dict(seed_threshold=0.0, merge_threshold=0.9, mask_threshold=0.1, stuff_threshold=0.0,
-               min_thing_area=1, min_stuff_area=1)
+DECODER = DecoderParams(seed_threshold=0.0, merge_threshold=0.9, mask_threshold=0.1, stuff_threshold=0.0,
+                        min_thing_area=1, min_stuff_area=1)
 
 
 @pytest.fixture()
@@ -48,12 +49,20 @@ def test_native_outputs_decode_to_an_image_sized_id_map(setup) -> None:  # noqa:
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["full", "native"])
-def test_cached_outputs_give_the_metrics_of_a_direct_evaluation(setup, native: bool) -> None:  # noqa: ANN001
+def test_cached_outputs_give_the_metrics_of_a_direct_evaluation(setup, native: bool, monkeypatch) -> None:  # noqa: ANN001
     # evaluate_cached (what a threshold search runs, many times) must score exactly
-    # what evaluate_records scores when it runs the network itself.
+    # what evaluate_records scores when it runs the network itself, and must leave the
+    # caller's model where it is (it decodes cached CPU tensors).
     config, model, records, metadata, mapper = setup
-    direct = evaluate_records(model, records, metadata, mapper, decoder_kwargs=DECODER, native=native).metrics
-    cached = evaluate_cached(model, cache_outputs(model, records, mapper, native=native), metadata, DECODER)
+    direct = evaluate_records(model, records, metadata, mapper, decoder_params=DECODER, native=native).metrics
+    cache = cache_outputs(model, records, mapper, native=native)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluate_cached moved the caller's model")
+
+    monkeypatch.setattr(model, "cpu", refuse)
+    monkeypatch.setattr(model, "to", refuse)
+    cached = evaluate_cached(model, cache, metadata, DECODER)
     direct.pop("per_class")
     assert direct["n_images"] == len(records) and direct["mIoU"] > 0
     assert cached == pytest.approx(direct, abs=1e-12)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from hle.core.kernels import cosine_distance, instance_kernel, pixel_coordinates, semantic_logits
-from hle.engine.build import build_mapper, decoder_kwargs, load_records
+from hle.engine.build import build_mapper, decoder_params, decoder_split_embedding, load_records
 from hle.engine.inference import decode_outputs, load_trained, run_model
 from hle.export.explore import _stride_ids, image_payload, page_html, quantize, run_lengths, write_explorer
 
@@ -89,7 +89,10 @@ def _network(loaded: Any, path: str) -> tuple[Any, Any]:
 
     _, image = prepare_image(path, loaded.config.data.max_side)
     out = run_model(loaded.model, image[None], flip=loaded.config.eval.flip, upsample=False)
-    result = decode_outputs(loaded.model, out, loaded.metadata.is_thing, decoder_kwargs(loaded.config), image_size=image.shape[-2:])[0]
+    result = decode_outputs(
+        loaded.model, out, loaded.metadata.is_thing, decoder_params(loaded.config),
+        split_embedding=decoder_split_embedding(loaded.config), image_size=image.shape[-2:],
+    )[0]
     return out, result
 
 

@@ -1,6 +1,8 @@
 """hle/export/onnx.py: ONNX export, onnxruntime inference and the metadata that travels with it."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ onnx = pytest.importorskip("onnx")
 
 from exportfixtures import randomize_batchnorm  # noqa: E402
 
-from hle.engine.build import build_mapper, decoder_kwargs  # noqa: E402
+from hle.engine.build import build_mapper, decoder_params, decoder_split_embedding  # noqa: E402
 from hle.engine.inference import decode_outputs, load_trained, run_model  # noqa: E402
 from hle.export.onnx import (  # noqa: E402
     ExportInfo,
@@ -99,12 +101,13 @@ def test_decoded_results_are_identical_on_synthetic_val_images(checkpoint: Path,
     torch_loaded, onnx_loaded = load_trained(checkpoint), load_onnx(exported)
     records, metadata = load_records("synthetic", str(synth), "val")
     mapper = build_mapper(torch_loaded.config, metadata, train=False)
-    kwargs = decoder_kwargs(torch_loaded.config)
+    params, split = decoder_params(torch_loaded.config), decoder_split_embedding(torch_loaded.config)
     kinds = {True: 0, False: 0}
     for i, record in enumerate(records):
         image = mapper(record, index=i)["image"][None]
         results = [
-            decode_outputs(m, run_model(m, image, flip=flip, upsample=False), metadata.is_thing, kwargs, image_size=image.shape[-2:])[0]
+            decode_outputs(m, run_model(m, image, flip=flip, upsample=False), metadata.is_thing, params,
+                           split_embedding=split, image_size=image.shape[-2:])[0]
             for m in (torch_loaded.model, onnx_loaded.model)
         ]
         assert torch.equal(results[0].panoptic, results[1].panoptic)
@@ -143,7 +146,7 @@ def test_metadata_round_trips(checkpoint: Path, exported: Path) -> None:
     assert torch.equal(stored.class_means, loaded.model.class_means.detach())
     assert torch.equal(stored.class_sigma, loaded.model.class_sigma().detach())
     assert stored.categories == loaded.metadata.to_dict()
-    assert stored.decoder == loaded.config.eval.decoder and stored.decoder["seed_threshold"] == 0.0
+    assert stored.decoder == dataclasses.asdict(loaded.config.eval.decoder) and stored.decoder["seed_threshold"] == 0.0
     assert stored.decoder_stride == loaded.model.decoder_stride == 2
     assert stored.split_embedding is False and stored.step == 7 and stored.flip is False
     assert stored.mean == (0.485, 0.456, 0.406) and stored.std == (0.229, 0.224, 0.225)
@@ -153,33 +156,31 @@ def test_metadata_round_trips(checkpoint: Path, exported: Path) -> None:
     assert json.loads(props["hle.decoder_stride"]) == 2 and len(json.loads(props["hle.class_means"])) == 9
     # What the prediction code reads from an ONNX file equals what it reads from the checkpoint.
     from_onnx = load_onnx(exported)
-    assert decoder_kwargs(from_onnx.config) == decoder_kwargs(loaded.config)
+    assert decoder_params(from_onnx.config) == decoder_params(loaded.config)
+    assert decoder_split_embedding(from_onnx.config) == decoder_split_embedding(loaded.config)
+    assert from_onnx.config.loss.options.coord_scale == loaded.config.loss.options.coord_scale
     assert from_onnx.metadata.to_dict() == loaded.metadata.to_dict()
     assert from_onnx.config.data.max_side == loaded.config.data.max_side
     assert from_onnx.config.eval.flip == loaded.config.eval.flip and from_onnx.config.eval.native_resolution
     assert from_onnx.model.decoder_stride == 2 and from_onnx.step == 7
 
 
-@pytest.mark.parametrize(
-    ("split", "decoder", "expected"),
-    [(True, {}, True), (True, {"split_embedding": False}, False), (False, {"split_embedding": True}, True)],
-)
-def test_split_embedding_decodes_as_the_checkpoint_would(
-    checkpoint: Path, exported: Path, tmp_path: Path, split: bool, decoder: dict, expected: bool
-) -> None:
-    # decoder_kwargs takes split_embedding from loss.options unless eval.decoder sets it;
-    # the exported file must give the same decoder arguments in every combination.
+@pytest.mark.parametrize("split", [True, False])
+def test_split_embedding_decodes_as_the_checkpoint_would(checkpoint: Path, exported: Path, tmp_path: Path, split: bool) -> None:
+    # The split flag follows loss.options (how the network was trained); the exported
+    # file must give the same decoder arguments either way.
     from hle.config import apply_overrides, config_from_dict, config_to_dict
 
     loaded = load_trained(checkpoint)
-    data = apply_overrides(config_to_dict(loaded.config), [("loss.options", {"split_embedding": split}), ("eval.decoder", decoder)])
+    data = apply_overrides(config_to_dict(loaded.config), [("loss.options.split_embedding", split)])
     loaded.config = config_from_dict(data)
     info = export_info(loaded)
-    assert info.split_embedding is expected
+    assert info.split_embedding is split
     path = tmp_path / "m.onnx"
     _with_props(exported, path, info.to_props())
-    assert decoder_kwargs(load_onnx(path).config) == decoder_kwargs(loaded.config)
-    assert decoder_kwargs(load_onnx(path).config).get("split_embedding", False) is expected
+    from_onnx = load_onnx(path).config
+    assert decoder_params(from_onnx) == decoder_params(loaded.config)
+    assert decoder_split_embedding(from_onnx) is split
 
 
 def _with_props(source: Path, target: Path, props: dict[str, str]) -> Path:

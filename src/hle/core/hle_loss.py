@@ -25,17 +25,16 @@ import torch.nn.functional as F
 from hle.core.kernels import (
     DEFAULT_COORD_SCALE,
     check_class_parameters,
+    grid_instance_log_kernel,
     normalize_rows,
     pixel_coordinates,
+    semantic_logits,
     split_views,
 )
 from hle.core.lovasz import lovasz_binary_rows, lovasz_softmax_rows
 from hle.core.types import HLEOutputs, PanopticTargets
 
-__all__ = [
-    "HLELossOptions", "hle_loss", "grid_instance_kernel", "grid_instance_log_kernel",
-    "binary_cross_entropy_from_log", "fused_semantic_logits", "LOSS_TERMS",
-]
+__all__ = ["HLELossOptions", "hle_loss", "binary_cross_entropy_from_log", "LOSS_TERMS"]
 
 #: Names of the scalar terms returned by :func:`hle_loss`, ``total`` excluded.
 LOSS_TERMS = ("seg", "seg_mean", "ins", "ins_var", "seed")
@@ -194,65 +193,6 @@ def _associative(
     return pull + push
 
 
-def grid_instance_log_kernel(
-    embeddings: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    means: torch.Tensor,
-    sigma: torch.Tensor,
-    centers: torch.Tensor,
-    spatial_sigma: torch.Tensor,
-) -> torch.Tensor:
-    """log phi_l(e_i) of Eq. (8) on a pixel grid; its ``exp`` equals ``kernels.instance_kernel``.
-
-    Same value as the log of :func:`hle.core.kernels.instance_kernel` with
-    ``coords = pixel_coordinates(H, W)``, computed in three passes over ``[K, N]`` instead
-    of about ten: the spatial term separates into a ``[K, H]`` row part and a ``[K, W]``
-    column part (one broadcast add), and the cosine term is one ``addmm`` against
-    ``mu_l / (2 sigma_l^2)`` on top of it. The loss spends most of its time in such passes.
-
-    Args:
-        embeddings: ``[N, D]`` unit embeddings, ``N = H * W`` in row-major order.
-        rows: ``[H]`` row coordinates; cols: ``[W]`` column coordinates.
-        means: ``[K, D]`` instance means (normalised here).
-        sigma, spatial_sigma: ``[K]`` positive instance sigmas.
-        centers: ``[K, 2]`` instance centres (row, col).
-
-    Returns:
-        ``[K, N]`` log scores in ``[-inf, 0]`` (``<= 0`` by construction).
-    """
-    k = means.shape[0]
-    h, w = rows.numel(), cols.numel()
-    inv = 0.5 / (sigma * sigma)                                          # [K]
-    inv_s = 0.5 / (spatial_sigma * spatial_sigma)                        # [K]
-    row_term = -(rows[None, :] - centers[:, :1]).pow(2) * inv_s[:, None] - inv[:, None]
-    col_term = -(cols[None, :] - centers[:, 1:]).pow(2) * inv_s[:, None]
-    spatial = (row_term[:, :, None] + col_term[:, None, :]).reshape(k, h * w)
-    # -d_cos / (2 sigma^2) = (mu_hat . e) / (2 sigma^2) - 1 / (2 sigma^2), the constant
-    # being folded into row_term; addmm adds the matmul in the same call. The exponent
-    # is <= 0 in exact arithmetic, but mu_hat . e can round to just above 1 (it does
-    # on some CPUs' BLAS kernels): clamped in place, so phi stays in (0, 1].
-    log_phi = torch.addmm(spatial, normalize_rows(means) * inv[:, None], embeddings.transpose(0, 1))
-    return log_phi.clamp_(max=0.0)
-
-
-def grid_instance_kernel(
-    embeddings: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    means: torch.Tensor,
-    sigma: torch.Tensor,
-    centers: torch.Tensor,
-    spatial_sigma: torch.Tensor,
-) -> torch.Tensor:
-    """phi_l(e_i) of Eq. (8) on a pixel grid: ``exp`` of :func:`grid_instance_log_kernel`.
-
-    Returns:
-        ``[K, N]`` scores in ``(0, 1]``.
-    """
-    return grid_instance_log_kernel(embeddings, rows, cols, means, sigma, centers, spatial_sigma).exp()
-
-
 def binary_cross_entropy_from_log(log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Elementwise binary cross-entropy of ``p = exp(log_p)`` against 0/1 ``target``.
 
@@ -274,28 +214,6 @@ def binary_cross_entropy_from_log(log_p: torch.Tensor, target: torch.Tensor) -> 
     # would be 0 / 0 = NaN behind the -100 clamp.
     log_not_p = torch.log((-torch.expm1(log_p)).clamp_min(torch.finfo(log_p.dtype).tiny))
     return -(target * log_p.clamp_min(-100.0) + (1.0 - target) * log_not_p.clamp_min(-100.0))
-
-
-def fused_semantic_logits(
-    embeddings: torch.Tensor, class_means: torch.Tensor, class_sigma: torch.Tensor
-) -> torch.Tensor:
-    """Logits of psi (Eq. 9) in one ``addmm``, equal to ``kernels.semantic_logits``.
-
-    ``-d_cos(e, mu_k) / (2 sigma_k^2) = (mu_hat_k . e) / (2 sigma_k^2) - 1 / (2 sigma_k^2)``:
-    one pass over ``[C, N]`` forward and a matmul backward instead of four elementwise
-    passes each way.
-
-    Args:
-        embeddings: ``[N, D]`` unit embeddings.
-        class_means: ``[C, D]`` class means (normalised here).
-        class_sigma: ``[C]`` positive class sigmas.
-
-    Returns:
-        ``[C, N]`` logits.
-    """
-    inv = 0.5 / (class_sigma * class_sigma)
-    return torch.addmm(-inv[:, None], normalize_rows(class_means) * inv[:, None],
-                       embeddings.transpose(0, 1))
 
 
 # ----------------------------------------------------------------------------- terms
@@ -339,7 +257,7 @@ def _semantic_terms(
             per_image.append(_associative(sem[i][valid[i]], group, counts, options.ae_semantic_margins))
         seg = torch.stack(per_image).mean() if per_image else _zero(sem)
     else:
-        logits = fused_semantic_logits(sem_cm.T, means, class_sigma)          # [C, B*N], Eq. (9)
+        logits = semantic_logits(sem_cm.T, means, class_sigma)                # [C, B*N], Eq. (9)
         if options.embedding_loss == "cross_entropy":
             ce = F.cross_entropy(logits.T, safe_labels.reshape(-1), reduction="none")
             seg = (ce * valid.reshape(-1)).sum() / count.clamp_min(1)

@@ -1,10 +1,14 @@
 """Embedding kernels shared by the HLE loss and the panoptic decoder.
 
-This module owns the geometry of the embedding space: cosine distance on the unit
-hypersphere, the Gaussian score of Eq. (7), the spatial term of Eq. (8), the
-nearest-class-mean logits of Eq. (9) and the pixel coordinate grid. Everything is
-pixel-major: flattened embeddings are ``[N, D]`` (N pixels, D dimensions) and
-kernels against K centres return ``[K, N]``. No I/O, no module state.
+This module owns the geometry of the embedding space and the one implementation of each
+kernel equation: the cosine distance on the unit hypersphere (Sec. 3.4), the Gaussian
+score of Eq. (7) as a linear form in the embedding, the instance kernel of Eq. (8) as a
+linear form in the features ``[e, rho, |rho|^2, 1]``, the nearest-class-mean logits of
+Eq. (9) and the pixel coordinate grid. The loss and the decoder both build their kernels
+from :func:`gaussian_linear_form` and :func:`instance_linear_form`; the dense, grid and
+chunked evaluations below (and the decoder's chunked stages) only apply those forms.
+Everything is pixel-major: flattened embeddings are ``[N, D]`` (N pixels, D dimensions)
+and kernels against K centres return ``[K, N]``. No I/O, no module state.
 """
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ DEFAULT_COORD_SCALE = 1.0 / 64.0
 
 #: Label used for ignored pixels in semantic targets.
 IGNORE_LABEL = 255
+
+#: Features of the instance linear form beyond the embedding: ``rho_row, rho_col, |rho|^2, 1``.
+SPATIAL_FEATURES = 4
 
 
 def axis_coordinates(
@@ -59,8 +66,8 @@ def pixel_coordinates(
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"pixel_coordinates: expected a positive size, got {height}x{width}")
-    kwargs = dict(stride=stride, coord_scale=coord_scale, device=device, dtype=dtype)
-    rows, cols = axis_coordinates(height, **kwargs), axis_coordinates(width, **kwargs)
+    rows = axis_coordinates(height, stride=stride, coord_scale=coord_scale, device=device, dtype=dtype)
+    cols = axis_coordinates(width, stride=stride, coord_scale=coord_scale, device=device, dtype=dtype)
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
@@ -99,42 +106,106 @@ def cosine_distance(embeddings: torch.Tensor, centers: torch.Tensor) -> torch.Te
 
     Returns:
         ``[K, N]`` distances in ``[0, 2]``, clamped there: a matmul of unit vectors
-        can round a cosine to just above 1 (it does on some CPUs' BLAS kernels), and
-        a negative distance would push every kernel built on it above 1.
+        can round a cosine to just above 1 (it does on some CPUs' BLAS kernels).
     """
     return (1.0 - normalize_rows(centers) @ embeddings.transpose(0, 1)).clamp(0.0, 2.0)
 
 
-def gaussian_log_score(distance: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Log of Eq. (7): ``-d / (2 sigma^2)``.
+# ----------------------------------------------------------------------------- Eq. (7), (9)
+def gaussian_linear_form(means: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (7) as a linear form: ``log p_k(e) = e @ weight[:, k] + bias[k]`` for a unit ``e``.
+
+    ``log p_k(e) = -d_cos(e, mu_k) / (2 sigma_k^2) = e . mu_hat_k / (2 sigma_k^2) - 1 / (2 sigma_k^2)``.
+    With class means and class sigmas these are the logits of Eq. (9); with instance
+    means and sigmas, the embedding part of Eq. (8) (:func:`instance_linear_form`).
 
     Args:
-        distance: ``[K, N]`` cosine distances.
-        sigma: ``[K]`` (one per centre) or ``[K, N]`` positive variances.
-    """
-    if sigma.dim() == 1:
-        sigma = sigma[:, None]
-    return -distance / (2.0 * sigma * sigma)
-
-
-def spatial_log_score(
-    coords: torch.Tensor, centers: torch.Tensor, spatial_sigma: torch.Tensor
-) -> torch.Tensor:
-    """Log of the spatial factor of Eq. (8): ``-|rho_i - rho_l|^2 / (2 sigma_s^2)``.
-
-    Args:
-        coords: ``[N, 2]`` pixel coordinates (see :func:`pixel_coordinates`).
-        centers: ``[K, 2]`` instance centres in the same units.
-        spatial_sigma: ``[K]`` positive spatial sigmas.
+        means: ``[K, D]`` centres (normalised here).
+        sigma: ``[K]`` positive sigmas.
 
     Returns:
-        ``[K, N]``.
+        ``(weight [D, K] contiguous, bias [K])``.
     """
-    sq = (coords[None, :, :] - centers[:, None, :]).pow(2).sum(-1)
-    return -sq / (2.0 * spatial_sigma[:, None] ** 2)
+    inv = 0.5 / (sigma * sigma)
+    weight = (normalize_rows(means) * inv[:, None]).transpose(0, 1).contiguous()
+    return weight, -inv
 
 
-def instance_kernel(
+def semantic_logits(
+    embeddings: torch.Tensor, class_means: torch.Tensor, class_sigma: torch.Tensor
+) -> torch.Tensor:
+    """Logits whose softmax over classes is psi_k(e_i) of Eq. (9).
+
+    ``psi_k = p_k / sum_c p_c`` with ``p_k`` of Eq. (7), so ``log p_k`` (the linear form of
+    :func:`gaussian_linear_form`) are exactly softmax logits, and psi lies in ``(0, 1]``
+    whatever their rounding. One ``addmm``: a single pass over ``[C, N]`` forward and a
+    matmul backward.
+
+    Args:
+        embeddings: ``[N, D]`` unit embeddings.
+        class_means: ``[C, D]`` persistent class means (normalised here).
+        class_sigma: ``[C]`` positive class sigmas.
+
+    Returns:
+        ``[C, N]`` logits.
+    """
+    weight, bias = gaussian_linear_form(class_means, class_sigma)
+    # A row-major [C, D] factor keeps addmm's backward on its fast path.
+    return torch.addmm(bias[:, None], weight.transpose(0, 1).contiguous(), embeddings.transpose(0, 1))
+
+
+# ----------------------------------------------------------------------------- Eq. (8)
+def instance_linear_form(
+    means: torch.Tensor,
+    sigma: torch.Tensor,
+    centers: torch.Tensor,
+    spatial_sigma: torch.Tensor,
+    origin: torch.Tensor,
+) -> torch.Tensor:
+    """Eq. (8) as a linear form: ``log phi = [e, rho, |rho|^2, 1] @ weight`` (:func:`spatial_features`).
+
+    ``log phi_k(e, x) = -d_cos(e, mu_k) / (2 sigma_k^2) - |x - c_k|^2 / (2 s_k^2)`` with
+    ``rho = x - origin``, ``c = c_k - origin`` and ``b_k = 1 / (2 s_k^2)`` expands to
+    ``e . w_k + 2 b_k rho . c - b_k |rho|^2 + (bias_k - b_k |c|^2)`` (``w_k, bias_k`` of
+    Eq. 7, :func:`gaussian_linear_form`). The quadratic terms cancel near the centre, so
+    the origin should lie among the centres (their mean): the rounding error then scales
+    with the spread of the centres, not with their distance from the image corner.
+
+    Args:
+        means: ``[K, D]`` instance means (normalised here).
+        sigma: ``[K]`` instance sigmas.
+        centers: ``[K, 2]`` instance spatial centres (row, col).
+        spatial_sigma: ``[K]`` spatial sigmas.
+        origin: ``[2]`` origin of ``rho``.
+
+    Returns:
+        ``[D + 4, K]`` weights (rows: embedding, ``rho_row, rho_col, |rho|^2, 1``).
+    """
+    weight, bias = gaussian_linear_form(means, sigma)
+    centred = centers - origin                                               # [K, 2]
+    b = (0.5 / (spatial_sigma * spatial_sigma))[:, None]                     # [K, 1]
+    constant = bias[:, None] - b * centred.pow(2).sum(dim=1, keepdim=True)
+    spatial = torch.cat([2.0 * b * centred, -b, constant], dim=1)            # [K, 4]
+    return torch.cat([weight, spatial.transpose(0, 1)])
+
+
+def spatial_features(coords: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """The spatial features ``[rho, |rho|^2, 1]`` (``rho = coords - origin``) of :func:`instance_linear_form`.
+
+    A pixel's full feature vector is ``[e, spatial_features]``.
+
+    Args:
+        coords: ``[N, 2]`` pixel coordinates.
+        origin: ``[2]``.
+
+    Returns:
+        ``[N, 4]``.
+    """
+    rho = coords - origin
+    return torch.cat([rho, rho.pow(2).sum(dim=1, keepdim=True), torch.ones_like(rho[:, :1])], dim=1)
+
+
+def instance_log_kernel(
     embeddings: torch.Tensor,
     coords: torch.Tensor,
     means: torch.Tensor,
@@ -142,7 +213,14 @@ def instance_kernel(
     centers: torch.Tensor,
     spatial_sigma: torch.Tensor,
 ) -> torch.Tensor:
-    """Instance score phi_l(e_i) of Eq. (8) for K instances over N pixels.
+    """``log phi_l(e_i)`` of Eq. (8) for K instances over N pixels, clamped to ``<= 0``.
+
+    The exponent is ``<= 0`` in exact arithmetic, but ``mu_hat . e`` can round to just
+    above 1 (it does on some CPUs' BLAS kernels): clamped, so ``phi`` stays in ``(0, 1]``.
+    The expanded quadratic of :func:`instance_linear_form` (origin: the mean centre) loses
+    about ``eps |c_k - origin|^2 / (2 s_k^2)`` to rounding: with centres far apart and
+    small spatial sigmas, pass float64 (as the decoder's seed merging does) or, on a
+    pixel grid, use :func:`grid_instance_log_kernel`.
 
     Args:
         embeddings: ``[N, D]`` unit embeddings.
@@ -153,29 +231,78 @@ def instance_kernel(
         spatial_sigma: ``[K]`` instance spatial sigmas.
 
     Returns:
-        ``[K, N]`` scores in ``(0, 1]`` (both log factors are ``<= 0`` by construction).
+        ``[K, N]`` log scores in ``[-inf, 0]``.
     """
-    log_p = gaussian_log_score(cosine_distance(embeddings, means), sigma)
-    return torch.exp(log_p + spatial_log_score(coords, centers, spatial_sigma))
+    d = embeddings.shape[1]
+    origin = centers.mean(dim=0) if centers.shape[0] else centers.new_zeros(2)
+    weight = instance_linear_form(means, sigma, centers, spatial_sigma, origin).transpose(0, 1)  # [K, D+4]
+    # [e, spatial] @ W as two products, so the embeddings are not copied into a feature
+    # matrix; row-major [K, *] factors keep the backward on BLAS's fast path.
+    spatial = weight[:, d:].contiguous() @ spatial_features(coords, origin).transpose(0, 1)
+    return torch.addmm(spatial, weight[:, :d].contiguous(), embeddings.transpose(0, 1)).clamp(max=0.0)
 
 
-def semantic_logits(
-    embeddings: torch.Tensor, class_means: torch.Tensor, class_sigma: torch.Tensor
+def instance_kernel(
+    embeddings: torch.Tensor,
+    coords: torch.Tensor,
+    means: torch.Tensor,
+    sigma: torch.Tensor,
+    centers: torch.Tensor,
+    spatial_sigma: torch.Tensor,
 ) -> torch.Tensor:
-    """Logits whose softmax over classes is psi_k(e_i) of Eq. (9).
-
-    ``psi_k = p_k / sum_c p_c`` with ``p_k = exp(-d_cos(e, mu_k) / (2 sigma_k^2))``,
-    so ``log p_k`` are exactly softmax logits.
-
-    Args:
-        embeddings: ``[N, D]`` unit embeddings.
-        class_means: ``[C, D]`` persistent class means (normalised here).
-        class_sigma: ``[C]`` positive class sigmas.
+    """Instance score phi_l(e_i) of Eq. (8): ``exp`` of :func:`instance_log_kernel`.
 
     Returns:
-        ``[C, N]`` logits.
+        ``[K, N]`` scores in ``(0, 1]`` (``0`` only where the exponent underflows).
     """
-    return gaussian_log_score(cosine_distance(embeddings, class_means), class_sigma)
+    return instance_log_kernel(embeddings, coords, means, sigma, centers, spatial_sigma).exp()
+
+
+def grid_instance_log_kernel(
+    embeddings: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    means: torch.Tensor,
+    sigma: torch.Tensor,
+    centers: torch.Tensor,
+    spatial_sigma: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`instance_log_kernel` on a pixel grid (the loss's layout), in three passes over ``[K, N]``.
+
+    The spatial part of :func:`instance_linear_form` separates into a ``[K, H]`` row part
+    and a ``[K, W]`` column part (one broadcast add), and the embedding part is one
+    ``addmm`` on top of it. The two small parts are evaluated in float64 and split so
+    that each is small near its centre, so the cancelling quadratic terms cost no
+    precision in float32.
+
+    Args:
+        embeddings: ``[N, D]`` unit embeddings, ``N = H * W`` in row-major order.
+        rows: ``[H]`` row coordinates; cols: ``[W]`` column coordinates.
+        means: ``[K, D]`` instance means (normalised here).
+        sigma, spatial_sigma: ``[K]`` positive instance sigmas.
+        centers: ``[K, 2]`` instance centres (row, col).
+
+    Returns:
+        ``[K, N]`` log scores in ``[-inf, 0]`` (``<= 0`` by construction).
+    """
+    k, d = means.shape
+    f64 = torch.float64
+    origin = centers.to(f64).mean(dim=0)
+    weight = instance_linear_form(means.to(f64), sigma.to(f64), centers.to(f64), spatial_sigma.to(f64), origin)
+    rho_r, rho_c = rows.to(f64)[None, :] - origin[0], cols.to(f64)[None, :] - origin[1]
+    w_r, w_c, w_q, w_1 = (w[:, None] for w in weight[d:])                      # [K, 1] each
+    # The column's share of the constant, -b |c_col|^2 = w_c^2 / (4 w_q), goes to the
+    # column part: each part is then small near its centre and keeps its precision
+    # when cast to the embedding's dtype.
+    col_const = w_c * w_c / (4.0 * w_q)
+    row_part = (w_1 - col_const) + w_r * rho_r + w_q * rho_r * rho_r           # [K, H]
+    col_part = col_const + w_c * rho_c + w_q * rho_c * rho_c                   # [K, W]
+    dtype = embeddings.dtype
+    spatial = (row_part.to(dtype)[:, :, None] + col_part.to(dtype)[:, None, :]).reshape(k, -1)
+    # A row-major [K, D] factor: addmm's backward is several times slower with a
+    # column-major one at these shapes (K small, N large).
+    log_phi = torch.addmm(spatial, weight[:d].transpose(0, 1).to(dtype).contiguous(), embeddings.transpose(0, 1))
+    return log_phi.clamp_(max=0.0)
 
 
 def split_views(embedding: torch.Tensor, split: bool, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from hle.config import Config, ConfigError
+from hle.core.decode import DecoderParams
 from hle.core.hle_loss import HLELossOptions
 
 __all__ = [
@@ -21,7 +22,8 @@ __all__ = [
     "build_mapper",
     "build_loss_options",
     "loss_stride",
-    "decoder_kwargs",
+    "decoder_params",
+    "decoder_split_embedding",
 ]
 
 
@@ -108,13 +110,12 @@ def build_loss_options(config: Config, stride: int) -> HLELossOptions:
     return dataclasses.replace(config.loss.options, stride=float(stride))
 
 
-def decoder_kwargs(config: Config) -> dict[str, Any]:
-    """Keyword arguments of ``decode_panoptic`` from ``config.eval.decoder``.
+def decoder_params(config: Config) -> DecoderParams:
+    """The decoder's thresholds: ``config.eval.decoder`` (typed and checked when the config was built)."""
+    return config.eval.decoder
 
-    The split-embedding ablation must decode the way it was trained, so
-    ``split_embedding`` follows ``loss.options``.
-    """
-    kwargs = dataclasses.asdict(config.eval.decoder)
-    if config.loss.options.split_embedding:
-        kwargs["split_embedding"] = True
-    return kwargs
+
+def decoder_split_embedding(config: Config) -> bool:
+    """Whether to decode the split-embedding ablation: a network decodes the way it was
+    trained, so this follows ``loss.options.split_embedding``."""
+    return bool(config.loss.options.split_embedding)

@@ -112,8 +112,7 @@ def draw_figures(checkpoint: str | Path, records: Sequence[dict[str, Any]], out_
     Returns:
         figure name -> path.
     """
-    from hle.engine.build import build_mapper
-    from hle.engine.build import decoder_kwargs
+    from hle.engine.build import build_mapper, decoder_params, decoder_split_embedding
     from hle.engine.inference import decode_outputs, load_trained, run_model, to_dataset_ids
     from hle.visualize import (
         class_palette,
@@ -131,7 +130,10 @@ def draw_figures(checkpoint: str | Path, records: Sequence[dict[str, Any]], out_
     sample = mapper(records[index], index=index)
     image = sample["image"][None]
     outputs = run_model(loaded.model, image, flip=loaded.config.eval.flip)
-    result = decode_outputs(loaded.model, outputs, metadata.is_thing, decoder_kwargs(loaded.config))[0]
+    result = decode_outputs(
+        loaded.model, outputs, metadata.is_thing, decoder_params(loaded.config),
+        split_embedding=decoder_split_embedding(loaded.config),
+    )[0]
     pan, segments = to_dataset_ids(result, metadata)
     gt_pan = sample["panoptic"].numpy()
     gt_segments = sample["segments_info"]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hle.core.decode import DecoderParams, decode_batch
 from hle.core.types import HLEOutputs, PanopticResult
 
 __all__ = [
@@ -112,32 +113,42 @@ def decode_outputs(
     model: nn.Module,
     outputs: HLEOutputs,
     is_thing: torch.Tensor,
-    decoder_kwargs: dict[str, Any] | None = None,
+    params: DecoderParams | None = None,
     *,
+    split_embedding: bool = False,
     image_size: Sequence[int] | None = None,
 ) -> list[PanopticResult]:
     """Decode a batch of outputs with the model's class means and sigmas (Sec. 3.5).
 
+    The class means and sigmas are moved to the outputs' device (the model stays where
+    it is), and the outputs are decoded in float32.
+
     Args:
+        model: the network whose ``class_means`` / ``class_sigma()`` decode the outputs.
+        outputs: ``[B, ...]`` network outputs.
+        is_thing: ``[C]`` bool.
+        params: the decoder's thresholds (``None``: the defaults of :class:`DecoderParams`).
+        split_embedding: decode the split-embedding ablation as it was trained.
         image_size: ``(H, W)`` of the network input. When the outputs are smaller
             (``run_model(..., upsample=False)``), they are decoded at the model's
             ``decoder_stride`` and the id maps expanded to ``(H, W)``
             (``decode_panoptic(stride=..., output_size=...)``).
     """
-    from hle.core.decode import decode_batch
-
-    kwargs = dict(decoder_kwargs or {})
     height, width = outputs.embedding.shape[-2:]
+    stride, output_size = 1.0, None
     if image_size is not None and tuple(image_size) != (height, width):
-        stride = int(getattr(model, "decoder_stride", 0)) or -(-int(image_size[0]) // height)
-        kwargs.update(stride=float(stride), output_size=(int(image_size[0]), int(image_size[1])))
+        stride = float(int(getattr(model, "decoder_stride", 0)) or -(-int(image_size[0]) // height))
+        output_size = (int(image_size[0]), int(image_size[1]))
     device = outputs.embedding.device
     return decode_batch(
         HLEOutputs(*(None if t is None else t.float() for t in outputs)),
         model.class_means.detach().float().to(device),
         model.class_sigma().detach().float().to(device),
         is_thing.to(device),
-        **kwargs,
+        DecoderParams() if params is None else params,
+        stride=stride,
+        output_size=output_size,
+        split_embedding=split_embedding,
     )
 
 
@@ -215,6 +226,33 @@ def preview_panel(image: torch.Tensor, pred: tuple[np.ndarray, list], gt: tuple[
     return np.concatenate([denormalize_image(image), paint(*pred), paint(*gt)], axis=1)
 
 
+def _predict_sample(
+    model: nn.Module,
+    sample: dict[str, Any],
+    record: dict[str, Any],
+    metadata: Any,
+    *,
+    flip: bool,
+    native: bool,
+    decoder_params: DecoderParams | None,
+    split_embedding: bool,
+) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray, list[dict[str, Any]]]:
+    """``(pan, segments, gt_pan, gt_segments)`` of one mapped sample, in dataset ids."""
+    image = sample["image"][None].to(next(model.parameters()).device)
+    outputs = run_model(model, image, flip=flip, upsample=not native)
+    result = decode_outputs(
+        model, outputs, metadata.is_thing, decoder_params, split_embedding=split_embedding, image_size=image.shape[-2:]
+    )[0]
+    pan, segments = to_dataset_ids(result, metadata)
+    gt_pan, gt_segments = sample["panoptic"].numpy(), sample["segments_info"]
+    if gt_pan.shape != (sample["height"], sample["width"]):
+        # Input resized by max side (COCO 640, Vistas 2048): evaluate at the original
+        # resolution against the original ground truth, like the official tools.
+        pan = resize_ids(pan, sample["height"], sample["width"])
+        gt_pan, gt_segments = original_ground_truth(record)
+    return pan, segments, gt_pan, gt_segments
+
+
 @torch.no_grad()
 def evaluate_records(
     model: nn.Module,
@@ -223,7 +261,8 @@ def evaluate_records(
     mapper: Callable[..., dict[str, Any]],
     *,
     flip: bool = False,
-    decoder_kwargs: dict[str, Any] | None = None,
+    decoder_params: DecoderParams | None = None,
+    split_embedding: bool = False,
     native: bool = False,
     info: Any = None,
     num_previews: int = 0,
@@ -243,7 +282,8 @@ def evaluate_records(
         metadata: the dataset's :class:`hle.data.Metadata`.
         mapper: an evaluation :class:`hle.data.PanopticMapper` (``return_panoptic``).
         flip: test-time flip.
-        decoder_kwargs: keyword arguments of ``decode_panoptic``.
+        decoder_params: the decoder's thresholds (``None``: the defaults).
+        split_embedding: decode the split-embedding ablation as it was trained.
         native: decode the outputs at the network's decoder stride
             (``eval.native_resolution``) instead of upsampling them first.
         info: :class:`hle.engine.distributed.DistInfo` or ``None`` (single process).
@@ -260,7 +300,6 @@ def evaluate_records(
 
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
     categories = [c for c in metadata.categories if not c.get("ignore", False)]
     evaluator = PanopticEvaluator(categories)
@@ -271,19 +310,12 @@ def evaluate_records(
         from tqdm import tqdm
 
         iterator = tqdm(mine, desc="evaluate", leave=False)
-    is_thing = metadata.is_thing
     for i in iterator:
         sample = mapper(records[i], index=i)
-        image = sample["image"][None].to(device)
-        outputs = run_model(model, image, flip=flip, upsample=not native)
-        result = decode_outputs(model, outputs, is_thing, decoder_kwargs, image_size=image.shape[-2:])[0]
-        pan, segments = to_dataset_ids(result, metadata)
-        gt_pan, gt_segments = sample["panoptic"].numpy(), sample["segments_info"]
-        if gt_pan.shape != (sample["height"], sample["width"]):
-            # Input resized by max side (COCO 640, Vistas 2048): evaluate at the original
-            # resolution against the original ground truth, like the official tools.
-            pan = resize_ids(pan, sample["height"], sample["width"])
-            gt_pan, gt_segments = original_ground_truth(records[i])
+        pan, segments, gt_pan, gt_segments = _predict_sample(
+            model, sample, records[i], metadata, flip=flip, native=native, decoder_params=decoder_params,
+            split_embedding=split_embedding,
+        )
         evaluator.process(gt_pan, gt_segments, pan, segments, image_id=records[i].get("image_id"))
         if on_prediction is not None:
             on_prediction(records[i], pan, segments)
@@ -343,14 +375,26 @@ def cache_outputs(
 
 
 def evaluate_cached(
-    model: nn.Module, cached: Sequence[CachedSample], metadata: Any, decoder_kwargs: dict[str, Any] | None = None
+    model: nn.Module,
+    cached: Sequence[CachedSample],
+    metadata: Any,
+    decoder_params: DecoderParams | None = None,
+    *,
+    split_embedding: bool = False,
 ) -> dict[str, Any]:
-    """Metrics (0-100, as :func:`summarize_metrics`) of decoding ``cached`` outputs."""
+    """Metrics (0-100, as :func:`summarize_metrics`) of decoding ``cached`` outputs.
+
+    The outputs are decoded where they are cached (the CPU); ``model`` only lends its
+    class means and sigmas and is not moved.
+    """
     from hle.evaluation import PanopticEvaluator
 
     evaluator = PanopticEvaluator([c for c in metadata.categories if not c.get("ignore", False)])
     for item in cached:
-        result = decode_outputs(model.cpu(), item.outputs, metadata.is_thing, decoder_kwargs, image_size=item.image_size)[0]
+        result = decode_outputs(
+            model, item.outputs, metadata.is_thing, decoder_params, split_embedding=split_embedding,
+            image_size=item.image_size,
+        )[0]
         pan, segments = to_dataset_ids(result, metadata)
         pan = resize_ids(pan, *item.gt_pan.shape)
         evaluator.process(item.gt_pan, item.gt_segments, pan, segments)

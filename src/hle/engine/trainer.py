@@ -37,7 +37,9 @@ from hle.data import Metadata, PanopticDataset, collate
 from hle.engine import distributed as hdist
 from hle.engine import hooks as H
 from hle.engine import run_folder
-from hle.engine.build import build_loss_options, build_mapper, build_model, decoder_kwargs, load_records, loss_stride
+from hle.engine.build import (
+    build_loss_options, build_mapper, build_model, decoder_params, decoder_split_embedding, load_records, loss_stride,
+)
 from hle.engine.checkpoint import (
     CorruptCheckpointError,
     capture_rng_state,
@@ -655,8 +657,8 @@ def _evaluator(config: Config, model: nn.Module, data: TrainData, info: hdist.Di
         hdist.average_buffers(model, info)
         result = evaluate_records(
             model, data.val_records or [], data.metadata, mapper,
-            flip=config.eval.flip, native=config.eval.native_resolution, decoder_kwargs=decoder_kwargs(config),
-            info=info, num_previews=3 if info.is_main else 0,
+            flip=config.eval.flip, native=config.eval.native_resolution, decoder_params=decoder_params(config),
+            split_embedding=decoder_split_embedding(config), info=info, num_previews=3 if info.is_main else 0,
         )
         return result.metrics, result.previews
 

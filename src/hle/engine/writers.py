@@ -96,7 +96,7 @@ def predict_images(
     Returns:
         The id PNG paths written.
     """
-    from hle.engine.build import decoder_kwargs
+    from hle.engine.build import decoder_params, decoder_split_embedding
     from hle.engine.inference import decode_outputs, resize_ids, run_model, to_dataset_ids
     from hle.io import write_panoptic_png
     from hle.visualize import class_palette, colorize_panoptic, overlay, save_png
@@ -118,7 +118,8 @@ def predict_images(
         original, image = prepare_image(path, loaded.config.data.max_side)
         outputs = run_model(loaded.model, image[None].to(device), flip=flip, upsample=not native)
         result = decode_outputs(
-            loaded.model, outputs, metadata.is_thing, decoder_kwargs(loaded.config), image_size=image.shape[-2:]
+            loaded.model, outputs, metadata.is_thing, decoder_params(loaded.config),
+            split_embedding=decoder_split_embedding(loaded.config), image_size=image.shape[-2:],
         )[0]
         pan, segments = to_dataset_ids(result, metadata)
         h, w = original.shape[:2]

@@ -114,7 +114,7 @@ def image_payload(loaded: Any, path: str | Path, *, flip: bool = False, max_side
         max_side: shrink the image so its longer side is at most this before the
             network (``None``: the model's ``data.max_side``).
     """
-    from hle.engine.build import decoder_kwargs
+    from hle.engine.build import decoder_params, decoder_split_embedding
     from hle.engine.inference import decode_outputs, run_model
     from hle.engine.writers import prepare_image
     from hle.visualize import class_palette, colorize_panoptic, denormalize_image, embedding_to_rgb
@@ -124,7 +124,10 @@ def image_payload(loaded: Any, path: str | Path, *, flip: bool = False, max_side
     device = next(model.parameters()).device
     out = run_model(model, image[None].to(device), flip=flip, upsample=False)
     size = tuple(int(v) for v in image.shape[-2:])
-    result = decode_outputs(model, out, metadata.is_thing, decoder_kwargs(loaded.config), image_size=size)[0]
+    result = decode_outputs(
+        model, out, metadata.is_thing, decoder_params(loaded.config),
+        split_embedding=decoder_split_embedding(loaded.config), image_size=size,
+    )[0]
     stride = int(model.decoder_stride)
     embedding = out.embedding[0].float().cpu().numpy()
     dim, h, w = embedding.shape
@@ -188,11 +191,9 @@ def page_html(images: Sequence[dict[str, Any]], model_info: dict[str, Any], *, t
 
 def model_info(loaded: Any) -> dict[str, Any]:
     """The per-model part of the page data (classes, class means and sigmas, flags)."""
-    from hle.core.kernels import DEFAULT_COORD_SCALE
-    from hle.engine.build import decoder_kwargs
+    from hle.engine.build import decoder_split_embedding
 
     metadata, model = loaded.metadata, loaded.model
-    kwargs = decoder_kwargs(loaded.config)
     return {
         "classes": [
             {"name": n, "isthing": bool(t), "color": list(c)}
@@ -200,8 +201,8 @@ def model_info(loaded: Any) -> dict[str, Any]:
         ],
         "classMeans": model.class_means.detach().float().cpu().tolist(),
         "classSigma": model.class_sigma().detach().float().cpu().tolist(),
-        "split": bool(kwargs.get("split_embedding", False)),
-        "coordScale": float(kwargs.get("coord_scale", DEFAULT_COORD_SCALE)),
+        "split": decoder_split_embedding(loaded.config),
+        "coordScale": float(loaded.config.loss.options.coord_scale),
     }
 
 

@@ -210,27 +210,27 @@ def _float_tensor(value: Any, dim: int, what: str) -> torch.Tensor:
 def export_info(loaded: Any) -> ExportInfo:
     """The :class:`ExportInfo` of a :class:`~hle.engine.inference.LoadedModel` (checkpoint).
 
-    Reads the run config the way the PyTorch prediction path does: decoder arguments
-    from :func:`hle.engine.build.decoder_kwargs`, normalisation and max side from the
+    Reads the run config the way the PyTorch prediction path does: decoder thresholds
+    and the split flag from :mod:`hle.engine.build`, the coordinate scale from the loss
+    options the network was trained with, normalisation and max side from the
     evaluation mapper.
     """
-    from hle.engine.build import build_mapper, decoder_kwargs
+    from hle.engine.build import build_mapper, decoder_params, decoder_split_embedding
 
     config, model = loaded.config, loaded.model
-    kwargs = decoder_kwargs(config)
     mapper = build_mapper(config, loaded.metadata, train=False)
     return ExportInfo(
         class_means=model.class_means.detach(),
         class_sigma=model.class_sigma().detach(),
         categories=loaded.metadata.to_dict(),
-        decoder=dataclasses.asdict(config.eval.decoder),
+        decoder=dataclasses.asdict(decoder_params(config)),
         decoder_stride=int(model.decoder_stride),
-        split_embedding=bool(kwargs.get("split_embedding", False)),
+        split_embedding=decoder_split_embedding(config),
         mean=tuple(mapper.mean),
         std=tuple(mapper.std),
         max_side=mapper.max_side,
         flip=bool(config.eval.flip),
-        coord_scale=float(kwargs.get("coord_scale", DEFAULT_COORD_SCALE)),
+        coord_scale=float(config.loss.options.coord_scale),
         step=int(loaded.step),
     )
 
@@ -405,9 +405,9 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> Any:
 
     Its ``config`` holds what the file stores (``eval.decoder``, ``eval.flip``,
     ``data.max_side``, the split-embedding flag as ``loss.options.split_embedding``,
-    normalisation as ``data.options``) and ``eval.native_resolution=True``, so
-    :func:`hle.engine.build.decoder_kwargs` gives the decoder arguments of the
-    exported checkpoint; its other sections are defaults and mean nothing.
+    normalisation as ``data.options``, the coordinate scale as ``loss.options.coord_scale``)
+    and ``eval.native_resolution=True``, so :mod:`hle.engine.build` gives the decoder
+    arguments of the exported checkpoint; its other sections are defaults and mean nothing.
 
     Raises:
         as :class:`OnnxModel`, and ValueError when the stored categories do not fit the
@@ -429,7 +429,7 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> Any:
         )
     config = config_from_dict({
         "data": {"max_side": info.max_side, "options": {"mean": list(info.mean), "std": list(info.std)}},
-        "loss": {"options": {"split_embedding": True} if info.split_embedding else {}},
+        "loss": {"options": {"split_embedding": info.split_embedding, "coord_scale": info.coord_scale}},
         "eval": {"decoder": dict(info.decoder), "flip": info.flip, "native_resolution": True},
     })
     return LoadedModel(model, config, metadata, info.step)
