@@ -25,6 +25,7 @@ __all__ = [
     "denormalize_image",
     "save_png",
     "save_panel",
+    "save_curve",
 ]
 
 
@@ -241,6 +242,33 @@ def save_panel(images: dict[str, np.ndarray], path: str | Path, *, columns: int 
     for ax, (title, img) in zip(axes.flat, images.items()):
         ax.imshow(img)
         ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_curve(
+    steps: Sequence[int], series: dict[str, Sequence[float]], path: str | Path, *, xlabel: str = "training step",
+    ylabel: str = "", title: str = "",
+) -> Path:
+    """A line plot of metrics against training steps (matplotlib), one line per series."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name, values in series.items():
+        ax.plot(list(steps), list(values), marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

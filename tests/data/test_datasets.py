@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datafixtures import SCENE, bbox, scene_segments, write_coco_layout, write_image, write_panoptic_png
+from datafixtures import SCENE, SCENE_CATEGORIES, bbox, scene_segments, write_coco_layout, write_image, write_panoptic_png
 from hle.data import DATASETS, PanopticMapper, load_coco_panoptic, load_dataset
 from hle.data.datasets import CITYSCAPES_CLASSES, cityscapes_panoptic, coco_panoptic, custom_panoptic, vistas_panoptic
 
@@ -56,6 +56,26 @@ def test_custom_layout_through_dict_and_load_dataset(tmp_path):
     assert md.train_id(9) == 255  # category absent from the list -> ignore
     assert set(DATASETS) == {"coco", "cityscapes", "vistas", "custom", "synthetic"}
     assert custom_panoptic(root, "train")[0] == records
+
+
+def test_custom_flat_layout_serves_every_split(tmp_path):
+    # images/, panoptic/, panoptic.json at the root (as COCO's sample data ships): one set
+    # of images for every split name; a split folder, when present, still wins.
+    root = tmp_path / "flat"
+    write_image(root / "images" / "a.png", *SCENE.shape)
+    write_panoptic_png(root / "panoptic" / "a_pan.png", SCENE)
+    index = {
+        "images": [{"id": 7, "file_name": "a.png"}],
+        "annotations": [{"image_id": 7, "file_name": "a_pan.png", "segments_info": scene_segments()}],
+        "categories": SCENE_CATEGORIES,
+    }
+    (root / "panoptic.json").write_text(json.dumps(index))
+    train, md = load_dataset("custom", root, "train")
+    val, _ = load_dataset("custom", root, "val")
+    _check_records(train)
+    assert train == val and train[0]["pan_seg_file_name"].endswith("a_pan.png") and md.num_classes == 2
+    with pytest.raises(FileNotFoundError, match="flat layout"):
+        load_dataset("custom", tmp_path / "empty", "train")
 
 
 def test_missing_files_name_the_path(tmp_path):

@@ -13,7 +13,7 @@ import hle.data.synthetic as synth
 from hle.data import PanopticMapper, collate, load_coco_panoptic, load_dataset
 from hle.data.synthetic import generate_synthetic
 
-NUM_TRAIN, NUM_VAL = 16, 4
+NUM_TRAIN, NUM_VAL, NUM_TEST = 16, 4, 3
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -28,7 +28,7 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
-    generate_synthetic(root, NUM_TRAIN, NUM_VAL, seed=0, progress=False)
+    generate_synthetic(root, NUM_TRAIN, NUM_VAL, NUM_TEST, seed=0, progress=False)
     return root
 
 
@@ -50,7 +50,7 @@ def test_layout_and_coco_loader(dataset):
 
 def test_same_seed_gives_identical_bytes(dataset, tmp_path):
     again = tmp_path / "again"
-    generate_synthetic(again, NUM_TRAIN, NUM_VAL, seed=0, progress=False)
+    generate_synthetic(again, NUM_TRAIN, NUM_VAL, NUM_TEST, seed=0, progress=False)
     assert _files(again) == _files(dataset)
     other = tmp_path / "other"
     generate_synthetic(other, 2, 0, seed=1, progress=False)
@@ -70,15 +70,15 @@ def test_resume_skips_existing_and_recovers_from_interruption(dataset, tmp_path,
 
     monkeypatch.setattr(synth, "render_scene", flaky)
     with pytest.raises(KeyboardInterrupt):
-        generate_synthetic(root, NUM_TRAIN, NUM_VAL, seed=0, progress=False)
+        generate_synthetic(root, NUM_TRAIN, NUM_VAL, NUM_TEST, seed=0, progress=False)
     assert not (root / "train" / "panoptic_train.json").exists()  # no index pointing at missing files
     assert not list(root.rglob(".*tmp*"))
     monkeypatch.setattr(synth, "render_scene", real)
-    generate_synthetic(root, NUM_TRAIN, NUM_VAL, seed=0, progress=False)
+    generate_synthetic(root, NUM_TRAIN, NUM_VAL, NUM_TEST, seed=0, progress=False)
     assert _files(root) == _files(dataset)
     # A complete dataset is not regenerated: nothing is rendered on a second run.
     monkeypatch.setattr(synth, "render_scene", lambda *a, **k: pytest.fail("re-rendered an existing image"))
-    generate_synthetic(root, NUM_TRAIN, NUM_VAL, seed=0, progress=False)
+    generate_synthetic(root, NUM_TRAIN, NUM_VAL, NUM_TEST, seed=0, progress=False)
     assert _files(root) == _files(dataset)
 
 
@@ -88,6 +88,7 @@ def test_scene_statistics(dataset):
     assert sum(1 for c in cats.values() if c["isthing"]) == 3 and sum(1 for c in cats.values() if not c["isthing"]) == 6
     stuff_seen, thing_seen, touching_images = set(), set(), 0
     colours: dict[int, list[np.ndarray]] = {}
+    heights: dict[int, list[int]] = {}
     for ann in index["annotations"]:
         ids = _decode(dataset / "train" / "panoptic" / ann["file_name"])
         image = np.asarray(Image.open(dataset / "train" / "images" / ann["file_name"]).convert("RGB")).astype(float)
@@ -102,7 +103,8 @@ def test_scene_statistics(dataset):
             assert s["area"] == m.sum()
         for s in things:
             comp, n = ndimage.label(ids == s["id"])
-            assert np.bincount(comp.ravel())[1:].min() >= 40, "a visible thing fragment under 40 px is not void"
+            assert np.bincount(comp.ravel())[1:].min() >= 12, "a visible thing fragment under 12 px is not void"
+            heights.setdefault(s["category_id"], []).append(s["bbox"][3])
             colours.setdefault(s["category_id"], []).append(image[ids == s["id"]].mean(0))
         # Same-class things touching: 4-neighbours with different segment ids of one thing class.
         cat_of = np.zeros(ids.max() + 1, np.int64)
@@ -113,9 +115,22 @@ def test_scene_statistics(dataset):
         touching_images += touching
     assert len(stuff_seen) >= 5 and len(thing_seen) >= 3
     assert touching_images > 0.5 * len(index["annotations"])
-    # Colour is drawn independently of class: every thing class spans a wide range of colours.
+    # Colour is a cue, not a rule: every thing class still spans a wide range of colours.
     for cid, cs in colours.items():
         assert np.stack(cs).std(axis=0).min() > 30, f"class {cid} colours are too uniform"
+    # Small things: every class has instances 20 px tall or less, and the largest are big.
+    for cid, hs in heights.items():
+        assert min(hs) <= 20 and max(hs) >= 30, f"class {cid} heights {sorted(hs)}"
+
+
+def test_splits_are_independent_streams(dataset):
+    # val and test are drawn from their own random streams: image i differs between them.
+    for split, count in (("train", NUM_TRAIN), ("val", NUM_VAL), ("test", NUM_TEST)):
+        assert len(list((dataset / split / "images").iterdir())) == count
+    first = {split: (dataset / split / "images" / "000000.png").read_bytes() for split in ("train", "val", "test")}
+    assert len(set(first.values())) == 3
+    records, _ = load_dataset("synthetic", dataset, "test")
+    assert len(records) == NUM_TEST
 
 
 def test_custom_size_and_argument_checks(tmp_path):

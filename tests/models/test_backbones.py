@@ -28,9 +28,16 @@ def test_feature_shapes_and_strides(name: str, output_stride: int) -> None:
     h, w = 64, 96
     with torch.no_grad():
         feats = spec.body.eval()(torch.zeros(1, 3, h, w))
-    assert set(feats) == {"low", "out"}
+    assert set(feats) == {"low", "out"} | {key for key, _, _ in spec.mid}
     assert feats["low"].shape == (1, spec.low_channels, h // spec.low_stride, w // spec.low_stride)
     assert feats["out"].shape == (1, spec.out_channels, h // output_stride, w // output_stride)
+    # Intermediate skips: coarse to fine, strictly between the low-level and output strides.
+    strides = [stride for _, _, stride in spec.mid]
+    assert strides == sorted(strides, reverse=True)
+    for key, channels, stride in spec.mid:
+        assert spec.low_stride < stride <= 8
+        assert feats[key].shape == (1, channels, h // stride, w // stride)
+    assert (name == "tiny") == bool(spec.mid)
 
 
 def _stride_dilation_of_3x3(module: nn.Module) -> list[tuple[int, int]]:

@@ -48,12 +48,13 @@ def test_shapes_and_ranges(backbone: str, output_stride: int) -> None:
     _check_outputs(low, 2, 6, 64 // s, 64 // s)
 
 
-@pytest.mark.parametrize("backbone", ["tiny", "mobilenet_v2"])
+@pytest.mark.parametrize("backbone", ["tiny", "mobilenet_v2", "tiny+skips"])
 @pytest.mark.parametrize("size", [(37, 53), (64, 1), (1, 33), (65, 66)])
 def test_odd_sizes(backbone: str, size: tuple[int, int]) -> None:
     torch.manual_seed(0)
     h, w = size
-    model = HLENet(backbone, num_classes=3, embedding_dim=4, semantic_branch=True).eval()
+    name, _, skips = backbone.partition("+")
+    model = HLENet(name, num_classes=3, embedding_dim=4, semantic_branch=True, decoder_skips=bool(skips)).eval()
     with torch.no_grad():
         _check_outputs(model(torch.randn(1, 3, h, w)), 1, 4, h, w, c=3)
         s = model.decoder_stride
@@ -62,9 +63,11 @@ def test_odd_sizes(backbone: str, size: tuple[int, int]) -> None:
         )
 
 
-def test_train_mode_backward_reaches_every_parameter() -> None:
+@pytest.mark.parametrize("skips", [False, True])
+def test_train_mode_backward_reaches_every_parameter(skips: bool) -> None:
     torch.manual_seed(0)
-    model = HLENet("tiny", num_classes=3, embedding_dim=4, semantic_branch=True).train()
+    model = HLENet("tiny", num_classes=3, embedding_dim=4, semantic_branch=True, decoder_skips=skips).train()
+    assert len(model.skip_fuse) == (2 if skips else 0)
     out = model(torch.randn(2, 3, 32, 48))
     loss = sum(t.sum() for t in out) + model.class_means.sum() + model.class_sigma().sum()
     loss.backward()
@@ -196,6 +199,8 @@ def test_constructor_errors() -> None:
         HLENet("tiny", num_classes=3, sigma_init=0.01)
     with pytest.raises(ValueError, match="sigma floor must be >= 0, got -0.1"):
         HLENet("tiny", num_classes=3, spatial_sigma_floor=-0.1)
+    with pytest.raises(ValueError, match="decoder_skips: backbone 'mobilenet_v2' offers no intermediate maps"):
+        HLENet("mobilenet_v2", num_classes=3, decoder_skips=True)
     model = HLENet("tiny", num_classes=3)
     with pytest.raises(ValueError, match=r"images must be \[B, 3, H, W\], got \(1, 1, 8, 8\)"):
         model(torch.zeros(1, 1, 8, 8))
@@ -207,14 +212,15 @@ def test_tiny_model_size() -> None:
     assert 0.5e6 <= n <= 1.5e6
 
 
-def test_exports_with_dynamic_shapes() -> None:
+@pytest.mark.parametrize("skips", [False, True])
+def test_exports_with_dynamic_shapes(skips: bool) -> None:
     # torch.export refuses data-dependent Python control flow, the same property ONNX export
     # needs; dynamic H and W check that no size is baked in. (The minimum of 32 keeps the
     # stride-16 map larger than 1x1, which export would otherwise specialise on.)
     from torch.export import Dim, export
 
     torch.manual_seed(0)
-    model = HLENet("tiny", num_classes=3, embedding_dim=4).eval()
+    model = HLENet("tiny", num_classes=3, embedding_dim=4, decoder_skips=skips).eval()
     dims = {
         "images": {
             0: Dim("b", min=2, max=16),

@@ -187,14 +187,21 @@ def coco_panoptic(root: PathLike, split: str) -> tuple[list[Record], Metadata]:
 
 
 def custom_panoptic(root: PathLike, split: str) -> tuple[list[Record], Metadata]:
-    """A dataset in COCO panoptic format laid out as ``root/{split}/``.
+    """A dataset in COCO panoptic format, split into folders or flat.
 
-    ``root/{split}/images/``, ``root/{split}/panoptic/`` and
-    ``root/{split}/panoptic_{split}.json`` (the layout :mod:`hle.data.synthetic` writes).
+    Split layout (what :mod:`hle.data.synthetic` writes): ``root/{split}/images/``,
+    ``root/{split}/panoptic/`` and ``root/{split}/panoptic_{split}.json``.
+    Flat layout, when ``root/{split}`` does not exist: ``root/images/``,
+    ``root/panoptic/`` and ``root/panoptic.json``, the same images for every split (one
+    annotated folder to overfit or to evaluate on as it is).
     """
     root = Path(root)
-    d = _require_dir(root / split, f"split folder for split {split!r}")
-    return load_coco_panoptic(d / "images", d / f"panoptic_{split}.json", d / "panoptic", name=Path(root).name or "custom")
+    name = Path(root).name or "custom"
+    d = root / split
+    if not d.is_dir() and (root / "panoptic.json").is_file():
+        return load_coco_panoptic(root / "images", root / "panoptic.json", root / "panoptic", name=name)
+    _require_dir(d, f"split folder for split {split!r} (or a flat layout: images/, panoptic/, panoptic.json)")
+    return load_coco_panoptic(d / "images", d / f"panoptic_{split}.json", d / "panoptic", name=name)
 
 
 # --------------------------------------------------------------------- Cityscapes

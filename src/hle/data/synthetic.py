@@ -1,16 +1,19 @@
 """Built-in synthetic panoptic dataset: street-like scenes written in COCO panoptic format.
 
 Owns the scene generator and its on-disk layout. Every image is drawn from its own
-generator seeded by ``(seed, split, index)``, so an image is the same whatever
-else is generated, and generation can resume. Scenes have six stuff classes in
-irregular regions (noisy skyline, smoothed-noise vegetation and terrain, wavy
-kerb) with class textures, and three thing classes told apart by shape: cars
-(rounded body + cabin + wheels), people (tall ellipse, head, legs) and signs (thin
-pole with a triangle, disc or square plate). Things come in touching or
-overlapping same-class groups, are painted far-to-near (occlusion), and get a
-colour drawn independently of their class. Visible fragments smaller than
-``min_fragment`` pixels are marked void. The result is read with the ordinary
-COCO-panoptic loader (:func:`synthetic`).
+generator seeded by ``(seed, split, index)`` (three independent streams for the
+``train``, ``val`` and ``test`` splits), so an image is the same whatever else is
+generated, and generation can resume. Scenes have six stuff classes in irregular
+regions (noisy skyline, smoothed-noise vegetation and terrain, wavy kerb) with
+class textures, and three thing classes told apart by shape: cars (rounded body +
+cabin + wheels), people (an ellipse from thin to broad, head, legs) and signs
+(a pole one or a few pixels wide with a triangle, disc or square plate). Things
+come in touching or overlapping same-class groups and shrink with distance down
+to 10-20 px near the horizon; they are painted far-to-near (occlusion). Colour is
+a cue but not a rule: about half of the things take a colour near one of their
+class's typical colours, the rest a colour drawn independently of the class.
+Visible fragments smaller than ``min_fragment`` pixels are marked void. The
+result is read with the ordinary COCO-panoptic loader (:func:`synthetic`).
 """
 from __future__ import annotations
 
@@ -30,9 +33,11 @@ from hle.data.metadata import Metadata
 from hle.io import id2rgb, write_json_atomic
 
 #: Bumped whenever the generator's output changes, so resumed runs regenerate old files.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _PNG_KEY = "hle-synth"
-_SPLIT_CODES = {"train": 0, "val": 1}
+#: Split -> the second entry of every image's seed, so each split is its own stream.
+_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+SPLITS = tuple(_SPLIT_CODES)
 
 #: (id, name, isthing, colour used for visualisation and as the stuff base colour).
 SYNTHETIC_CATEGORIES: tuple[dict[str, Any], ...] = (
@@ -169,7 +174,7 @@ def _thing_shape(
         shade[wheels] = -0.8
     elif cls == PERSON:
         hh = size
-        bw = hh * rng.uniform(0.24, 0.32)
+        bw = hh * rng.uniform(0.14, 0.32)  # from thin (a few pixels) to broad
         head_r = 0.11 * hh
         torso_c, torso_h = bottom - 0.55 * hh, 0.25 * hh
         torso = ((yy - torso_c) / torso_h) ** 2 + ((xx - cx) / (bw / 2)) ** 2 <= 1.0
@@ -183,9 +188,9 @@ def _thing_shape(
         shade[legs & ~torso] = -0.5
     else:  # sign: thin pole + plate
         hh = size
-        pw = max(3.0, 0.045 * hh)
+        pw = max(1.0, 0.045 * hh * rng.uniform(0.6, 1.4))  # 1-2 px poles on small signs
         pole = (np.abs(xx - cx) <= pw / 2) & (yy >= bottom - hh) & (yy < bottom)
-        pr = max(4.0, 0.13 * hh)
+        pr = max(2.5, 0.13 * hh)
         py = bottom - hh + pr
         kind = rng.integers(3)
         if kind == 0:  # triangle
@@ -201,8 +206,17 @@ def _thing_shape(
 
 
 _THING_HEIGHT = {CAR: 0.26, PERSON: 0.40, SIGN: 0.55}  # object height / image height at unit depth scale
+_MIN_HEIGHT = {CAR: 8.0, PERSON: 10.0, SIGN: 10.0}     # pixels, however far away
 _GROUP_SIZE = {CAR: (1, 4), PERSON: (1, 5), SIGN: (1, 3)}
 _CLASS_PROB = (0.4, 0.4, 0.2)
+#: Typical colours per class (RGB); a thing takes one of them, jittered, with
+#: probability ``_COLOUR_CUE``, else a colour independent of its class.
+_CLASS_COLOURS = {
+    CAR: ((60, 60, 65), (190, 190, 195), (225, 225, 220), (170, 35, 35), (40, 70, 150)),
+    PERSON: ((40, 45, 80), (30, 30, 30), (120, 80, 50), (180, 60, 70)),
+    SIGN: ((210, 40, 40), (235, 200, 40), (40, 90, 200), (235, 235, 235)),
+}
+_COLOUR_CUE = 0.5
 
 
 def _place_things(
@@ -219,9 +233,10 @@ def _place_things(
         first = False
         cx = rng.uniform(0.05 * w, 0.95 * w)
         g = float(ground[int(np.clip(cx, 0, w - 1))])
-        bottom = rng.uniform(g + 0.08 * h, h * 1.05)
-        depth = np.clip((bottom - g) / max(h - g, 1.0), 0.35, 1.2)
-        size = _THING_HEIGHT[cls] * h * depth * rng.uniform(0.85, 1.15)
+        # Far things stand near the ground line and are small (down to _MIN_HEIGHT).
+        bottom = rng.uniform(g + 0.02 * h, h * 1.05)
+        depth = np.clip((bottom - g) / max(h - g, 1.0), 0.05, 1.2)
+        size = max(_THING_HEIGHT[cls] * h * depth * rng.uniform(0.85, 1.15), _MIN_HEIGHT[cls] * rng.uniform(1.0, 1.25))
         width = size * {CAR: 2.0, PERSON: 0.3, SIGN: 0.26}[cls]
         step = rng.choice([-1.0, 1.0])
         for k in range(min(n, count - len(things))):
@@ -230,8 +245,17 @@ def _place_things(
     return things
 
 
+def _thing_colour(rng: np.random.Generator, cls: int) -> np.ndarray:
+    """A thing's base colour: near a typical colour of its class, or independent of it."""
+    if rng.random() < _COLOUR_CUE:
+        typical = _CLASS_COLOURS[cls]
+        base = np.asarray(typical[int(rng.integers(len(typical)))], np.float32)
+        return np.clip(base + rng.uniform(-25, 25, size=3), 15, 240).astype(np.float32)
+    return rng.uniform(25, 235, size=3).astype(np.float32)
+
+
 def render_scene(
-    rng: np.random.Generator, height: int, width: int, *, min_fragment: int = 40, max_tries: int = 30
+    rng: np.random.Generator, height: int, width: int, *, min_fragment: int = 12, max_tries: int = 30
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Draw one scene.
 
@@ -263,7 +287,7 @@ def render_scene(
             if not mask.any():
                 continue
             counters[cls] += 1
-            colour = rng.uniform(25, 235, size=3).astype(np.float32)  # independent of the class
+            colour = _thing_colour(rng, cls)
             pix = colour[None, :] * (1.0 + 0.45 * shade[mask][:, None]) + 7.0 * fine[mask][:, None]
             img[mask] = pix
             seg[mask] = cls * 1000 + counters[cls]
@@ -327,16 +351,17 @@ def generate_synthetic(
     out_dir: str | os.PathLike[str],
     num_train: int,
     num_val: int,
+    num_test: int = 0,
     *,
     height: int = 128,
     width: int = 256,
     seed: int = 0,
-    min_fragment: int = 40,
+    min_fragment: int = 12,
     progress: bool = True,
 ) -> dict[str, Path]:
     """Generate (or complete) the synthetic dataset on disk.
 
-    Layout: ``out_dir/{train,val}/images/NNNNNN.png``, ``.../panoptic/NNNNNN.png``,
+    Layout: ``out_dir/{train,val,test}/images/NNNNNN.png``, ``.../panoptic/NNNNNN.png``,
     ``.../panoptic_{split}.json`` (COCO panoptic) and ``out_dir/categories.json``.
     Images that already exist with the same parameters are kept (resumable); every
     file is written through a temporary name and ``os.replace``, the JSON last, so an
@@ -344,17 +369,20 @@ def generate_synthetic(
 
     Args:
         out_dir: output folder.
-        num_train, num_val: number of images per split (``>= 0``).
+        num_train, num_val, num_test: number of images per split (``>= 0``; a split
+            with 0 images is not written). ``val`` is for choosing thresholds and
+            ``test`` for reporting: each split is its own random stream.
         height, width: image size (``>= 32`` each).
         seed: base seed; image ``i`` of a split depends only on ``(seed, split, i)``.
         min_fragment: visible thing fragments below this many pixels become void.
         progress: show a tqdm bar.
 
     Returns:
-        ``{"train": folder, "val": folder}``.
+        ``{split: folder}`` for the splits written (``train`` and ``val`` always).
     """
-    if num_train < 0 or num_val < 0:
-        raise ValueError(f"generate_synthetic: num_train/num_val must be >= 0, got {num_train}, {num_val}")
+    if min(num_train, num_val, num_test) < 0:
+        raise ValueError(
+            f"generate_synthetic: num_train/num_val/num_test must be >= 0, got {num_train}, {num_val}, {num_test}")
     if height < 32 or width < 32:
         raise ValueError(f"generate_synthetic: height and width must be >= 32, got {height}x{width}")
     out = Path(out_dir)
@@ -362,7 +390,10 @@ def generate_synthetic(
     categories = [dict(c) for c in SYNTHETIC_CATEGORIES]
     write_json_atomic(out / "categories.json", categories, indent=1)
     folders: dict[str, Path] = {}
-    for split, count in (("train", num_train), ("val", num_val)):
+    counts = {"train": num_train, "val": num_val, "test": num_test}
+    for split, count in counts.items():
+        if split == "test" and count == 0:
+            continue
         d = out / split
         (d / "images").mkdir(parents=True, exist_ok=True)
         (d / "panoptic").mkdir(parents=True, exist_ok=True)
@@ -394,7 +425,7 @@ def generate_synthetic(
 
 
 def synthetic(root: str | os.PathLike[str], split: str) -> tuple[list[Record], Metadata]:
-    """Load a generated synthetic split (``train`` / ``val``) through the COCO-panoptic loader."""
+    """Load a generated synthetic split (``train`` / ``val`` / ``test``) through the COCO-panoptic loader."""
     try:
         records, metadata = custom_panoptic(root, split)
     except FileNotFoundError as e:

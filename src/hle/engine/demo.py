@@ -1,14 +1,16 @@
-"""``hle demo``: synthetic data -> time-bounded training -> evaluation -> figures.
+"""``hle demo``: synthetic data -> step-bounded training -> evaluation on test -> figures.
 
 This module owns the end-to-end demo that ``make demo`` runs. It generates the
-built-in synthetic dataset (resumable), trains the ``synthetic`` config with a
-wall-clock budget derived from ``--minutes`` (what is left after data generation, minus
-a reserve for evaluation and figures), evaluates on the synthetic validation split
-(the trainer's final evaluation) and writes ``metrics.json`` plus PNG figures: input,
-panoptic prediction, ground truth, the embedding as RGB and the paper's Fig. 1
-distance-to-pixel heatmap. The training budget is fixed on the first run and stored in
-``demo_state.json``, so a re-run resumes an interrupted run with the same schedule, or
-only re-evaluates a finished one.
+built-in synthetic dataset (train / val / test, resumable), trains the ``synthetic``
+config for its fixed number of steps (so the result is the same on every machine, to
+evaluation noise; ``--minutes`` may add a wall-clock bound), evaluates the validation
+split a few times during training (the PQ-against-steps curve), evaluates the held-out
+``test`` split at the end with the config's decoder thresholds (which were chosen on
+``val`` by ``benchmarks/recipe.py``, never on ``test``), and writes ``metrics.json``
+(test metrics with per-class PQ, the val curve, times) plus PNG figures: input,
+panoptic prediction, ground truth, the embedding as RGB, the paper's Fig. 1
+distance-to-pixel heatmap and the curve. A re-run resumes an interrupted run or only
+re-evaluates a finished one.
 """
 from __future__ import annotations
 
@@ -20,14 +22,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["run_demo", "draw_figures", "cpu_plan", "busy_cores", "DEMO_TRAIN_IMAGES", "DEMO_VAL_IMAGES"]
+__all__ = [
+    "run_demo", "draw_figures", "draw_curve", "cpu_plan", "busy_cores",
+    "DEMO_TRAIN_IMAGES", "DEMO_VAL_IMAGES", "DEMO_TEST_IMAGES",
+]
 
-#: Synthetic images generated for the demo (about 0.07 s each on the reference CPU).
+#: Synthetic images generated for the demo, per split.
 DEMO_TRAIN_IMAGES = 400
 DEMO_VAL_IMAGES = 50
-#: Seconds kept back from training for process start-up, model set-up, the final
-#: evaluation (50 images with flip: ~5 s on the reference CPU) and the figures.
-EVAL_RESERVE_S = 30.0
+DEMO_TEST_IMAGES = 100
 
 
 def busy_cores(window_s: float = 0.5) -> float | None:
@@ -169,25 +172,66 @@ def draw_figures(checkpoint: str | Path, records: Sequence[dict[str, Any]], out_
     return paths
 
 
+def draw_curve(metrics_jsonl: str | Path, path: str | Path) -> Path | None:
+    """PQ and PQ_th of the periodic validation evaluations against steps (``None`` if none)."""
+    from hle.visualize import save_curve
+
+    source = Path(metrics_jsonl)
+    if not source.is_file():
+        return None
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    rows = sorted({int(r["step"]): r for r in rows if "PQ" in r}.values(), key=lambda r: int(r["step"]))
+    if not rows:
+        return None
+    series = {key: [r[key] for r in rows] for key in ("PQ", "PQ_th", "PQ_st") if all(key in r for r in rows)}
+    return save_curve([int(r["step"]) for r in rows], series, path, ylabel="validation (0-100)",
+                      title="synthetic val during training")
+
+
+def _evaluate_test(checkpoint: Path, config: Any, records: Sequence[dict[str, Any]], progress: bool) -> dict[str, Any]:
+    """Metrics of the checkpoint on the test records with the config's eval settings."""
+    from hle.engine.build import build_mapper, decoder_params, decoder_split_embedding
+    from hle.engine.inference import evaluate_records, load_trained
+
+    loaded = load_trained(checkpoint)
+    mapper = build_mapper(loaded.config, loaded.metadata, train=False)
+    result = evaluate_records(
+        loaded.model, records, loaded.metadata, mapper, flip=config.eval.flip,
+        native=config.eval.native_resolution, decoder_params=decoder_params(config),
+        split_embedding=decoder_split_embedding(config), progress=progress,
+    )
+    metrics = dict(result.metrics)
+    metrics["per_class_pq"] = {v["name"]: round(v["pq"], 2) for v in metrics.pop("per_class").values()}
+    return metrics
+
+
 def run_demo(
     out_dir: str | Path = "runs/demo",
     *,
-    minutes: float = 10.0,
+    steps: int | None = None,
+    minutes: float | None = None,
     data_dir: str | Path | None = None,
     overrides: Sequence[str] = (),
     progress: bool = True,
     num_train: int = DEMO_TRAIN_IMAGES,
     num_val: int = DEMO_VAL_IMAGES,
+    num_test: int = DEMO_TEST_IMAGES,
 ) -> dict[str, Any]:
     """Run (or resume, or re-evaluate) the demo; returns the metrics written.
 
     Args:
         out_dir: run folder (checkpoints, TensorBoard logs, figures, metrics.json).
-        minutes: wall-clock budget of the whole demo, data generation included.
+        steps: training steps (default: the ``synthetic`` config's ``train.steps``).
+        minutes: optional wall-clock bound on training; the run then stops at whichever
+            comes first, and the result depends on the machine's speed.
         data_dir: synthetic dataset folder (default ``out_dir/data``).
         overrides: ``key=value`` overrides of the ``synthetic`` config.
         progress: progress bars.
-        num_train, num_val: synthetic images per split.
+        num_train, num_val, num_test: synthetic images per split.
+
+    Returns:
+        The test metrics (0-100, ``per_class_pq`` by class name) with ``steps``, the
+        times in minutes, the val curve (``val_curve``) and the settings used.
     """
     from hle.config import config_to_dict, load_config
     from hle.data import generate_synthetic
@@ -199,46 +243,57 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(data_dir) if data_dir else out / "data"
-    generate_synthetic(data, num_train, num_val, progress=progress)
+    generate_synthetic(data, num_train, num_val, num_test, progress=progress)
     gen_s = time.perf_counter() - t0
 
-    state_path = out / "demo_state.json"
-    demo_state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    if "train_minutes" not in demo_state:
-        train_s = max(minutes * 60.0 - gen_s - EVAL_RESERVE_S, 30.0)
-        demo_state = {"train_minutes": train_s / 60.0, "minutes": minutes}
-        state_path.write_text(json.dumps(demo_state))
     threading = [] if any(o.startswith(("train.threads=", "data.num_workers=")) for o in overrides) else plan
-    config = load_config(
-        "synthetic",
-        [f"data.root={data}", f"train.max_minutes={demo_state['train_minutes']}", *threading, *overrides],
-    )
+    bounds = ([f"train.steps={steps}"] if steps is not None else []) + (
+        [f"train.max_minutes={minutes}"] if minutes is not None else [])
+    config = load_config("synthetic", [f"data.root={data}", *threading, *bounds, *overrides])
     result = train(config, out, resume=True, progress=progress)
     if result.interrupted:
         # The checkpoint is saved; the next run resumes from it with the same schedule.
         raise KeyboardInterrupt(f"demo interrupted at step {result.step}; run it again to resume")
-    records, _ = load_records(config.data.name, config.data.root, config.data.val_split)
-    figures = draw_figures(out / "last.pt", records, out / "figures")
-    total_s = time.perf_counter() - t0
-    metrics = {k: v for k, v in result.last_metrics.items() if k != "per_class"}
+    test_records, _ = load_records(config.data.name, config.data.root, "test")
+    metrics = _evaluate_test(out / "last.pt", config, test_records, progress)
+    figures = draw_figures(out / "last.pt", test_records, out / "figures")
+    curve = draw_curve(out / "metrics.jsonl", out / "figures" / "pq_vs_steps.png")
+    if curve is not None:
+        figures["pq_vs_steps"] = str(curve)
+    val_curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] if (
+        out / "metrics.jsonl").is_file() else []
     metrics.update(
+        split="test",
         steps=result.step,
         train_minutes=result.elapsed_s / 60.0,
-        total_minutes=total_s / 60.0,
+        total_minutes=(time.perf_counter() - t0) / 60.0,
         data_minutes=gen_s / 60.0,
         steps_per_s_this_run=result.steps_per_s,
-        interrupted=result.interrupted,
         finished=result.finished,
-        num_train_images=num_train,
-        num_val_images=num_val,
+        num_images={"train": num_train, "val": num_val, "test": num_test},
         torch_threads=torch.get_num_threads(),
         data_workers=config.data.num_workers,
         cpu_plan=plan,
+        cpu=cpu_name(),
         decoder=config_to_dict(config)["eval"]["decoder"],
         flip=config.eval.flip,
         native_resolution=config.eval.native_resolution,
         figures=figures,
-        per_class=result.last_metrics.get("per_class", {}),
+        val_curve=[{k: r[k] for k in ("step", "PQ", "PQ_th", "PQ_st") if k in r} for r in val_curve],
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def cpu_name() -> str:
+    """The CPU model name (Linux ``/proc/cpuinfo``), or the platform's processor string."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -4,7 +4,8 @@ This module owns the encoders the DeepLabV3+ network of :mod:`hle.models.deeplab
 ResNet-50, ResNet-101 and MobileNetV2 built from torchvision's own model definitions (with
 strides traded for dilation to reach output stride 8 or 16), and a light ``tiny`` encoder for
 CPU demos. Every backbone maps ``[B, 3, H, W]`` images to a dict with a high-level ``"out"``
-map (at the output stride) and a low-level ``"low"`` map for the decoder's skip connection.
+map (at the output stride) and a low-level ``"low"`` map for the decoder's skip connection
+(``tiny`` also returns its stride-8 and stride-4 maps for a decoder with a skip at every scale).
 It also owns putting ImageNet or local-checkpoint weights into a backbone, with errors that
 name the file and the offending keys. The name -> builder table is the plain dict
 :data:`BACKBONES`.
@@ -61,6 +62,9 @@ class Backbone:
         ignored_prefixes: state-dict key prefixes of the source classification model that the
             backbone does not use (classifier, last 1x1 conv); dropped when loading weights.
         aspp_rates: default ASPP dilation rates for the chosen output stride.
+        mid: intermediate maps the body also returns, for a decoder with skip connections
+            at every scale: ``(key, channels, stride)`` ordered from coarse to fine, strides
+            between ``low_stride`` and the output stride. Empty when the body has none.
     """
 
     body: nn.Module
@@ -69,6 +73,7 @@ class Backbone:
     low_stride: int
     ignored_prefixes: tuple[str, ...]
     aspp_rates: tuple[int, ...]
+    mid: tuple[tuple[str, int, int], ...] = ()
 
 
 def _deeplab_rates(output_stride: int) -> tuple[int, ...]:
@@ -201,12 +206,14 @@ class TinyBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         low = self.stem(x)
-        out = self.stage4(self.stage3(self.stage2(low)))
-        return {"low": low, "out": out}
+        s4 = self.stage2(low)
+        s8 = self.stage3(s4)
+        return {"low": low, "s4": s4, "s8": s8, "out": self.stage4(s8)}
 
 
 def tiny_backbone(output_stride: int = 16, widths: Sequence[int] = (24, 48, 96, 160)) -> Backbone:
-    """The :class:`TinyBackbone`; low level = stem (stride 2), out = last stage."""
+    """The :class:`TinyBackbone`; low level = stem (stride 2), out = last stage; the
+    stride-8 and stride-4 stages are offered as ``mid`` skips."""
     body = TinyBackbone(widths, output_stride)
     # The feature map at OS 16 of a 128x256 demo image is only 8x16, so the rates are small.
     rates = (2, 4, 6) if output_stride == 16 else (4, 8, 12)
@@ -217,6 +224,7 @@ def tiny_backbone(output_stride: int = 16, widths: Sequence[int] = (24, 48, 96, 
         low_stride=2,
         ignored_prefixes=(),
         aspp_rates=rates,
+        mid=(("s8", int(widths[2]), 8), ("s4", int(widths[1]), 4)),
     )
 
 

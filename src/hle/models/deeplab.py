@@ -106,6 +106,13 @@ class HLENet(nn.Module):
         aspp_dropout: dropout after the ASPP projection (torchvision's ASPP hard-codes 0.5).
         backbone_options: extra keyword arguments of the backbone builder, e.g.
             ``{"widths": [16, 32, 64, 128]}`` for ``tiny``.
+        decoder_skips: fuse the backbone's intermediate maps (``Backbone.mid``: ``tiny``'s
+            stride-8 and stride-4 stages) on the way from the ASPP output down to the
+            low-level map, one 1x1 projection + 3x3 conv per scale (a skip connection at
+            every scale, as in a UNet), instead of DeepLabV3+'s single jump from the ASPP
+            output to the low-level map. Small and thin objects, a pixel or two at the
+            output stride, then reach the heads through features that saw them at stride
+            4 and 8. Off by default (the paper's DeepLabV3+).
 
     Attributes:
         class_means: ``[C, D]`` parameter, persistent class means (unit rows at init; the
@@ -138,6 +145,7 @@ class HLENet(nn.Module):
         decoder_channels: int | None = None,
         aspp_dropout: float = 0.1,
         backbone_options: dict | None = None,
+        decoder_skips: bool = False,
     ) -> None:
         super().__init__()
         _check_positive_int("num_classes", num_classes)
@@ -173,18 +181,18 @@ class HLENet(nn.Module):
         self.backbone = parts.body
         self.aspp = ASPP(parts.out_channels, rates, out_channels=aspp_ch)
         self.aspp.project[-1] = nn.Dropout(aspp_dropout)
-        self.low_level = nn.Sequential(
-            nn.Conv2d(parts.low_channels, low_ch, 1, bias=False),
-            nn.BatchNorm2d(low_ch),
-            nn.ReLU(inplace=True),
+        self.low_level = _conv_bn_relu(parts.low_channels, low_ch, 1)
+        if decoder_skips and not parts.mid:
+            raise ValueError(f"decoder_skips: backbone {backbone!r} offers no intermediate maps (only 'tiny' does)")
+        mid = parts.mid if decoder_skips else ()
+        self.skip_keys = tuple(key for key, _, _ in mid)
+        self.skip_proj = nn.ModuleDict({key: _conv_bn_relu(ch, low_ch, 1) for key, ch, _ in mid})
+        fuse_in = [aspp_ch] + [dec_ch] * max(len(mid) - 1, 0)
+        self.skip_fuse = nn.ModuleDict(
+            {key: _conv_bn_relu(c + low_ch, dec_ch, 3) for (key, _, _), c in zip(mid, fuse_in)}
         )
         self.decoder = nn.Sequential(
-            nn.Conv2d(aspp_ch + low_ch, dec_ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(dec_ch),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(dec_ch, dec_ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(dec_ch),
-            nn.ReLU(inplace=True),
+            _conv_bn_relu((dec_ch if mid else aspp_ch) + low_ch, dec_ch, 3), _conv_bn_relu(dec_ch, dec_ch, 3)
         )
         self.embedding_head = nn.Conv2d(dec_ch, self.embedding_dim, 1)
         self.sigma_head = _constant_head(dec_ch, inverse_positive(sigma_init, sigma_floor))
@@ -226,10 +234,14 @@ class HLENet(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         feats = self.backbone(images)
+        x = self.aspp(feats["out"])
+        for key in self.skip_keys:  # coarse to fine (decoder_skips)
+            skip = self.skip_proj[key](feats[key])
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.skip_fuse[key](torch.cat([x, skip], dim=1))
         low = self.low_level(feats["low"])
-        high = self.aspp(feats["out"])
-        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.decoder(torch.cat([high, low], dim=1))
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.decoder(torch.cat([x, low], dim=1))
 
         heads = [self.embedding_head, self.sigma_head, self.spatial_sigma_head, self.seed_head]
         if self.semantic_head is not None:
@@ -253,6 +265,14 @@ class HLENet(nn.Module):
             seed=torch.sigmoid(raw[3]),
             semantic_logits=raw[4] if self.semantic_head is not None else None,
         )
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 def _constant_head(in_channels: int, bias: float) -> nn.Conv2d:
