@@ -206,6 +206,19 @@ def test_constructor_errors() -> None:
         model(torch.zeros(1, 1, 8, 8))
 
 
+def test_state_dict_keys_of_the_decoder_are_those_of_earlier_checkpoints() -> None:
+    # Checkpoints written before decoder_skips existed must still load: the decoder keeps
+    # its flat (conv, bn, relu) x 2 layout and the low-level projection its (conv, bn, relu).
+    keys = {k for k in HLENet("tiny", num_classes=3).state_dict() if k.startswith(("decoder.", "low_level."))}
+    layers = {"decoder.0": "conv", "decoder.1": "bn", "decoder.3": "conv", "decoder.4": "bn",
+              "low_level.0": "conv", "low_level.1": "bn"}
+    want = set()
+    for name, kind in layers.items():
+        names = ("weight",) if kind == "conv" else ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        want |= {f"{name}.{n}" for n in names}
+    assert keys == want
+
+
 def test_tiny_model_size() -> None:
     model = HLENet("tiny", num_classes=9, embedding_dim=8)
     n = sum(p.numel() for p in model.parameters())

@@ -191,8 +191,10 @@ class HLENet(nn.Module):
         self.skip_fuse = nn.ModuleDict(
             {key: _conv_bn_relu(c + low_ch, dec_ch, 3) for (key, _, _), c in zip(mid, fuse_in)}
         )
+        # Flat (conv, bn, relu) x 2: the state-dict keys of checkpoints written before
+        # decoder_skips existed (decoder.0 / .1 / .3 / .4).
         self.decoder = nn.Sequential(
-            _conv_bn_relu((dec_ch if mid else aspp_ch) + low_ch, dec_ch, 3), _conv_bn_relu(dec_ch, dec_ch, 3)
+            *_conv_bn_relu((dec_ch if mid else aspp_ch) + low_ch, dec_ch, 3), *_conv_bn_relu(dec_ch, dec_ch, 3)
         )
         self.embedding_head = nn.Conv2d(dec_ch, self.embedding_dim, 1)
         self.sigma_head = _constant_head(dec_ch, inverse_positive(sigma_init, sigma_floor))
